@@ -1,1 +1,105 @@
-//! placeholder
+//! WeChat request signatures: `hex(sha1(concat(sort(parts))))`.
+//!
+//! Plain mode signs `[token, timestamp, nonce]` (the `signature` query parameter); safe mode adds
+//! the `Encrypt` value (the `msg_signature` parameter). Both are checked in constant time so that
+//! response timing says nothing about how much of a forged signature was right.
+
+/// Computes a WeChat signature over `parts`: sorted byte-wise, concatenated, SHA-1, lowercase hex.
+pub fn sign(parts: &[&str]) -> String {
+    let mut sorted: Vec<&str> = parts.to_vec();
+    sorted.sort_unstable();
+    let mut hasher = sha1_smol::Sha1::new();
+    for part in sorted {
+        hasher.update(part.as_bytes());
+    }
+    hasher.digest().to_string()
+}
+
+/// Checks a plain-mode `signature` for `token`, `timestamp` and `nonce`.
+pub fn verify(token: &str, timestamp: &str, nonce: &str, signature: &str) -> bool {
+    constant_time_eq(
+        sign(&[token, timestamp, nonce]).as_bytes(),
+        signature.as_bytes(),
+    )
+}
+
+/// Checks a safe-mode `msg_signature`, which also covers the `Encrypt` payload.
+pub fn verify_msg(
+    token: &str,
+    timestamp: &str,
+    nonce: &str,
+    encrypt: &str,
+    msg_signature: &str,
+) -> bool {
+    constant_time_eq(
+        sign(&[token, timestamp, nonce, encrypt]).as_bytes(),
+        msg_signature.as_bytes(),
+    )
+}
+
+/// Compares two byte strings without an early exit on the first difference.
+///
+/// The length is not secret (a SHA-1 hex digest is always 40 bytes), so a length mismatch
+/// returns at once; equal lengths are compared in full.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // black_box keeps the optimiser from turning the fold back into an early-exit compare.
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_vector_from_protocol_doc() {
+        assert_eq!(
+            sign(&["test", "1410685589", "test"]),
+            "f21891de399b4e33a1a93c9a7b8a8fffb5a443ff"
+        );
+        assert!(verify(
+            "test",
+            "1410685589",
+            "test",
+            "f21891de399b4e33a1a93c9a7b8a8fffb5a443ff"
+        ));
+    }
+
+    #[test]
+    fn order_of_parts_does_not_matter() {
+        assert_eq!(sign(&["b", "a", "c"]), sign(&["c", "b", "a"]));
+    }
+
+    #[test]
+    fn wrong_or_malformed_signatures_fail() {
+        let good = "f21891de399b4e33a1a93c9a7b8a8fffb5a443ff";
+        assert!(!verify("test", "1410685589", "test", &good.to_uppercase()));
+        assert!(!verify("test", "1410685589", "test", &good[..39]));
+        assert!(!verify("test", "1410685589", "test", ""));
+        assert!(!verify("other", "1410685589", "test", good));
+        assert!(!verify("test", "1410685590", "test", good));
+    }
+
+    #[test]
+    fn official_safe_mode_sample_msg_signature() {
+        let encrypt = "hyzAe4OzmOMbd6TvGdIOO6uBmdJoD0Fk53REIHvxYtJlE2B655HuD0m8KUePWB3+LrPXo87wzQ1QLvbeUgmBM4x6F8PGHQHFVAFmOD2LdJF9FrXpbUAh0B5GIItb52sn896wVsMSHGuPE328HnRGBcrS7C41IzDWyWNlZkyyXwon8T332jisa+h6tEDYsVticbSnyU8dKOIbgU6ux5VTjg3yt+WGzjlpKn6NPhRjpA912xMezR4kw6KWwMrCVKSVCZciVGCgavjIQ6X8tCOp3yZbGpy0VxpAe+77TszTfRd5RJSVO/HTnifJpXgCSUdUue1v6h0EIBYYI1BD1DlD+C0CR8e6OewpusjZ4uBl9FyJvnhvQl+q5rv1ixrcpCumEPo5MJSgM9ehVsNPfUM669WuMyVWQLCzpu9GhglF2PE=";
+        assert!(verify_msg(
+            "spamtest",
+            "1409735669",
+            "1320562132",
+            encrypt,
+            "5d197aaffba7e9b25a30732f161a50dee96bd5fa"
+        ));
+    }
+
+    #[test]
+    fn constant_time_eq_basics() {
+        assert!(constant_time_eq(b"", b""));
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}
