@@ -7,4 +7,5 @@
 
 pub mod crypto;
 pub mod logging;
+pub mod message;
 pub mod signature;

@@ -1,0 +1,593 @@
+//! Inbound messages: the XML WeChat POSTs for every user message and event, parsed into types.
+//!
+//! Parsing is strict about what would make the request meaningless (not XML, a DTD, no
+//! `MsgType`) and lenient about everything else: an unknown `MsgType` or `Event` is kept with
+//! its name and every raw field, because WeChat adds new types over time and a server that
+//! rejects them would break the day they appear.
+
+use std::fmt;
+
+/// A parsed inbound message or event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// The account's original id (`gh_…`): the receiver.
+    pub to_user: String,
+    /// The sender's openid.
+    pub from_user: String,
+    /// Unix seconds at which WeChat created the message.
+    pub create_time: u64,
+    /// The `MsgType` value as sent (`text`, `event`, …).
+    pub msg_type: String,
+    /// `MsgId` of ordinary messages (absent on most events).
+    pub msg_id: Option<u64>,
+    /// The typed payload.
+    pub kind: Kind,
+    /// Every field of the XML in document order, nested ones as `Parent/Child` paths; kept so
+    /// that no information is lost, including for unknown types.
+    pub fields: Vec<(String, String)>,
+}
+
+/// The payload of a message, one variant per `MsgType`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// A text message.
+    Text { content: String },
+    /// An image message.
+    Image { pic_url: String, media_id: String },
+    /// A voice message; `recognition` is set when speech recognition is on.
+    Voice {
+        media_id: String,
+        format: String,
+        media_id_16k: Option<String>,
+        recognition: Option<String>,
+    },
+    /// A video message.
+    Video {
+        media_id: String,
+        thumb_media_id: String,
+    },
+    /// A short video message.
+    ShortVideo {
+        media_id: String,
+        thumb_media_id: String,
+    },
+    /// A location the user sent.
+    Location {
+        latitude: f64,
+        longitude: f64,
+        scale: i64,
+        label: String,
+    },
+    /// A link the user shared.
+    Link {
+        title: String,
+        description: String,
+        url: String,
+    },
+    /// A mini program page card.
+    MiniProgramPage {
+        title: String,
+        app_id: String,
+        page_path: String,
+        thumb_url: String,
+        thumb_media_id: String,
+    },
+    /// An event (`MsgType` = `event`).
+    Event(Event),
+    /// A `MsgType` this version does not know; its fields are in [`Message::fields`].
+    Unknown { msg_type: String },
+}
+
+/// Pictures sent from a menu's photo button (`SendPicsInfo`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SendPicsInfo {
+    /// `Count` as sent.
+    pub count: u32,
+    /// The `PicMd5Sum` of each picture.
+    pub pic_md5_sums: Vec<String>,
+}
+
+/// An event, one variant per `Event` value of the protocol reference.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The user followed the account; `event_key` is `qrscene_<scene>` after a parametric QR code.
+    Subscribe {
+        event_key: Option<String>,
+        ticket: Option<String>,
+    },
+    /// The user unfollowed.
+    Unsubscribe,
+    /// An existing follower scanned a parametric QR code.
+    Scan {
+        event_key: String,
+        ticket: Option<String>,
+    },
+    /// A periodic location report.
+    Location {
+        latitude: f64,
+        longitude: f64,
+        precision: f64,
+    },
+    /// A menu click.
+    Click { event_key: String },
+    /// A menu link was opened.
+    View {
+        url: String,
+        menu_id: Option<String>,
+    },
+    /// A menu mini program was opened.
+    ViewMiniprogram {
+        page_path: String,
+        menu_id: Option<String>,
+    },
+    /// A menu scan-code button (`scancode_push`).
+    ScancodePush {
+        event_key: String,
+        scan_type: String,
+        scan_result: String,
+    },
+    /// A menu scan-code button that waits for a message (`scancode_waitmsg`).
+    ScancodeWaitmsg {
+        event_key: String,
+        scan_type: String,
+        scan_result: String,
+    },
+    /// A menu camera button (`pic_sysphoto`).
+    PicSysphoto {
+        event_key: String,
+        pics: SendPicsInfo,
+    },
+    /// A menu camera-or-album button (`pic_photo_or_album`).
+    PicPhotoOrAlbum {
+        event_key: String,
+        pics: SendPicsInfo,
+    },
+    /// A menu WeChat-album button (`pic_weixin`).
+    PicWeixin {
+        event_key: String,
+        pics: SendPicsInfo,
+    },
+    /// A menu location picker (`location_select`).
+    LocationSelect {
+        event_key: String,
+        latitude: f64,
+        longitude: f64,
+        scale: i64,
+        label: String,
+        poiname: String,
+    },
+    /// A template message finished sending.
+    TemplateSendJobFinish { msg_id: u64, status: String },
+    /// A mass message finished sending.
+    MassSendJobFinish {
+        msg_id: u64,
+        status: String,
+        total_count: u64,
+        filter_count: u64,
+        sent_count: u64,
+        error_count: u64,
+    },
+    /// An `Event` this version does not know; its fields are in [`Message::fields`].
+    Unknown { event: String },
+}
+
+/// Why an inbound body could not be turned into a [`Message`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not well-formed XML, or XML with a DTD (which could declare entities).
+    Xml(String),
+    /// The root element is not `<xml>`.
+    Root(String),
+    /// A field every message must have is missing or empty.
+    Missing(&'static str),
+    /// A field that must be a number is not.
+    NotANumber { field: String, value: String },
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::Xml(e) => write!(f, "body is not well-formed XML without a DTD: {e}"),
+            ParseError::Root(r) => write!(f, "root element is <{r}>, expected <xml>"),
+            ParseError::Missing(field) => write!(f, "required field <{field}> is missing or empty"),
+            ParseError::NotANumber { field, value } => {
+                write!(f, "field <{field}> should be a number, got {value:?}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Looks fields up by name in the flattened field list.
+struct Fields<'a>(&'a [(String, String)]);
+
+impl<'a> Fields<'a> {
+    fn get(&self, name: &str) -> Option<&'a str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A field's text, empty when absent: optional fields are common and WeChat is not strict.
+    fn text(&self, name: &str) -> String {
+        self.get(name).unwrap_or_default().trim().to_string()
+    }
+
+    fn opt(&self, name: &str) -> Option<String> {
+        self.get(name)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    }
+
+    fn all(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.trim().to_string())
+            .collect()
+    }
+
+    /// A numeric field; absent or empty counts as zero, garbage is an error.
+    fn num<T: std::str::FromStr + Default>(&self, name: &str) -> Result<T, ParseError> {
+        match self.get(name).map(str::trim) {
+            None | Some("") => Ok(T::default()),
+            Some(v) => v.parse().map_err(|_| ParseError::NotANumber {
+                field: name.to_string(),
+                value: v.chars().take(40).collect(),
+            }),
+        }
+    }
+}
+
+/// Parses an inbound message body.
+pub fn parse(xml: &str) -> Result<Message, ParseError> {
+    // roxmltree refuses DTDs by default, and without a DTD no entity but the five predefined
+    // ones can exist: billion-laughs and external entities are impossible by construction.
+    let doc = roxmltree::Document::parse(xml).map_err(|e| ParseError::Xml(e.to_string()))?;
+    let root = doc.root_element();
+    if root.tag_name().name() != "xml" {
+        return Err(ParseError::Root(
+            root.tag_name().name().chars().take(40).collect(),
+        ));
+    }
+    let mut fields = Vec::new();
+    collect_fields(root, "", &mut fields);
+    let f = Fields(&fields);
+
+    let msg_type = f.opt("MsgType").ok_or(ParseError::Missing("MsgType"))?;
+    let kind = parse_kind(&msg_type, &f)?;
+    let msg_id = match f.get("MsgId").or_else(|| f.get("MsgID")).map(str::trim) {
+        None | Some("") => None,
+        Some(_) => Some(f.num::<u64>(if f.get("MsgId").is_some() {
+            "MsgId"
+        } else {
+            "MsgID"
+        })?),
+    };
+    Ok(Message {
+        to_user: f.text("ToUserName"),
+        from_user: f
+            .opt("FromUserName")
+            .ok_or(ParseError::Missing("FromUserName"))?,
+        create_time: f.num("CreateTime")?,
+        msg_type,
+        msg_id,
+        kind,
+        fields,
+    })
+}
+
+/// Flattens element text into `(path, text)` pairs; nested elements get `Parent/Child` paths
+/// and list items (`PicList/item/PicMd5Sum`) repeat the same path.
+fn collect_fields(node: roxmltree::Node, prefix: &str, out: &mut Vec<(String, String)>) {
+    for child in node.children().filter(roxmltree::Node::is_element) {
+        let name = if prefix.is_empty() {
+            child.tag_name().name().to_string()
+        } else {
+            format!("{prefix}/{}", child.tag_name().name())
+        };
+        if child.children().any(|c| c.is_element()) {
+            collect_fields(child, &name, out);
+        } else {
+            let text: String = child
+                .children()
+                .filter(|c| c.is_text())
+                .filter_map(|c| c.text())
+                .collect();
+            out.push((name, text));
+        }
+    }
+}
+
+fn parse_kind(msg_type: &str, f: &Fields) -> Result<Kind, ParseError> {
+    Ok(match msg_type {
+        "text" => Kind::Text {
+            content: f.get("Content").unwrap_or_default().to_string(),
+        },
+        "image" => Kind::Image {
+            pic_url: f.text("PicUrl"),
+            media_id: f.text("MediaId"),
+        },
+        "voice" => Kind::Voice {
+            media_id: f.text("MediaId"),
+            format: f.text("Format"),
+            media_id_16k: f.opt("MediaId16K"),
+            recognition: f.opt("Recognition"),
+        },
+        "video" => Kind::Video {
+            media_id: f.text("MediaId"),
+            thumb_media_id: f.text("ThumbMediaId"),
+        },
+        "shortvideo" => Kind::ShortVideo {
+            media_id: f.text("MediaId"),
+            thumb_media_id: f.text("ThumbMediaId"),
+        },
+        "location" => Kind::Location {
+            latitude: f.num("Location_X")?,
+            longitude: f.num("Location_Y")?,
+            scale: f.num("Scale")?,
+            label: f.text("Label"),
+        },
+        "link" => Kind::Link {
+            title: f.text("Title"),
+            description: f.text("Description"),
+            url: f.text("Url"),
+        },
+        "miniprogrampage" => Kind::MiniProgramPage {
+            title: f.text("Title"),
+            app_id: f.text("AppId"),
+            page_path: f.text("PagePath"),
+            thumb_url: f.text("ThumbUrl"),
+            thumb_media_id: f.text("ThumbMediaId"),
+        },
+        "event" => Kind::Event(parse_event(f)?),
+        other => Kind::Unknown {
+            msg_type: other.to_string(),
+        },
+    })
+}
+
+fn parse_event(f: &Fields) -> Result<Event, ParseError> {
+    let event = f.opt("Event").ok_or(ParseError::Missing("Event"))?;
+    let key = || f.text("EventKey");
+    let pics = || -> Result<SendPicsInfo, ParseError> {
+        Ok(SendPicsInfo {
+            count: f.num("SendPicsInfo/Count")?,
+            pic_md5_sums: f.all("SendPicsInfo/PicList/item/PicMd5Sum"),
+        })
+    };
+    // Event names are documented in mixed case (`subscribe`, `SCAN`, `CLICK`); compare without case.
+    Ok(match event.to_ascii_lowercase().as_str() {
+        "subscribe" => Event::Subscribe {
+            event_key: f.opt("EventKey"),
+            ticket: f.opt("Ticket"),
+        },
+        "unsubscribe" => Event::Unsubscribe,
+        "scan" => Event::Scan {
+            event_key: key(),
+            ticket: f.opt("Ticket"),
+        },
+        "location" => Event::Location {
+            latitude: f.num("Latitude")?,
+            longitude: f.num("Longitude")?,
+            precision: f.num("Precision")?,
+        },
+        "click" => Event::Click { event_key: key() },
+        "view" => Event::View {
+            url: key(),
+            menu_id: f.opt("MenuId"),
+        },
+        "view_miniprogram" => Event::ViewMiniprogram {
+            page_path: key(),
+            menu_id: f.opt("MenuId"),
+        },
+        "scancode_push" => Event::ScancodePush {
+            event_key: key(),
+            scan_type: f.text("ScanCodeInfo/ScanType"),
+            scan_result: f.text("ScanCodeInfo/ScanResult"),
+        },
+        "scancode_waitmsg" => Event::ScancodeWaitmsg {
+            event_key: key(),
+            scan_type: f.text("ScanCodeInfo/ScanType"),
+            scan_result: f.text("ScanCodeInfo/ScanResult"),
+        },
+        "pic_sysphoto" => Event::PicSysphoto {
+            event_key: key(),
+            pics: pics()?,
+        },
+        "pic_photo_or_album" => Event::PicPhotoOrAlbum {
+            event_key: key(),
+            pics: pics()?,
+        },
+        "pic_weixin" => Event::PicWeixin {
+            event_key: key(),
+            pics: pics()?,
+        },
+        "location_select" => Event::LocationSelect {
+            event_key: key(),
+            latitude: f.num("SendLocationInfo/Location_X")?,
+            longitude: f.num("SendLocationInfo/Location_Y")?,
+            scale: f.num("SendLocationInfo/Scale")?,
+            label: f.text("SendLocationInfo/Label"),
+            poiname: f.text("SendLocationInfo/Poiname"),
+        },
+        "templatesendjobfinish" => Event::TemplateSendJobFinish {
+            msg_id: f.num(if f.get("MsgID").is_some() {
+                "MsgID"
+            } else {
+                "MsgId"
+            })?,
+            status: f.text("Status"),
+        },
+        "masssendjobfinish" => Event::MassSendJobFinish {
+            msg_id: f.num(if f.get("MsgID").is_some() {
+                "MsgID"
+            } else {
+                "MsgId"
+            })?,
+            status: f.text("Status"),
+            total_count: f.num("TotalCount")?,
+            filter_count: f.num("FilterCount")?,
+            sent_count: f.num("SentCount")?,
+            error_count: f.num("ErrorCount")?,
+        },
+        _ => Event::Unknown { event },
+    })
+}
+
+impl Message {
+    /// A raw field's text by name (nested fields as `Parent/Child`), for types this version
+    /// does not model and for commands that want a field verbatim.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        Fields(&self.fields).get(name)
+    }
+
+    /// The event, when this message is one.
+    pub fn event(&self) -> Option<&Event> {
+        match &self.kind {
+            Kind::Event(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The `Event` name as sent, when this message is an event.
+    pub fn event_name(&self) -> Option<&str> {
+        self.event().and(self.field("Event")).map(str::trim)
+    }
+
+    /// The identity of this message across WeChat's retries: `MsgId` for ordinary messages,
+    /// sender + `CreateTime` + `Event` + `EventKey` for events (several events can share a second).
+    pub fn dedup_key(&self) -> String {
+        match (&self.kind, self.msg_id) {
+            (Kind::Event(_), _) | (_, None) => format!(
+                "ev|{}|{}|{}|{}|{}",
+                self.from_user,
+                self.create_time,
+                self.msg_type,
+                self.field("Event").unwrap_or_default().trim(),
+                self.field("EventKey").unwrap_or_default().trim()
+            ),
+            (_, Some(id)) => format!("id|{}|{id}", self.from_user),
+        }
+    }
+
+    /// What the user said, for command matching: text content, or the speech recognition
+    /// result of a voice message with its trailing punctuation trimmed.
+    pub fn said(&self) -> Option<String> {
+        match &self.kind {
+            Kind::Text { content } => Some(content.trim().to_string()),
+            Kind::Voice {
+                recognition: Some(r),
+                ..
+            } => Some(
+                r.trim()
+                    .trim_end_matches(|c: char| {
+                        c.is_ascii_punctuation() || "。，！？；：、…．".contains(c)
+                    })
+                    .trim()
+                    .to_string(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// A short, single-line description of the content for the log (at most 40 characters).
+    pub fn summary(&self) -> String {
+        let text = match &self.kind {
+            Kind::Text { content } => content.clone(),
+            Kind::Voice {
+                recognition,
+                media_id,
+                ..
+            } => recognition
+                .clone()
+                .unwrap_or_else(|| format!("media {media_id}")),
+            Kind::Image { media_id, .. }
+            | Kind::Video { media_id, .. }
+            | Kind::ShortVideo { media_id, .. } => {
+                format!("media {media_id}")
+            }
+            Kind::Location {
+                latitude,
+                longitude,
+                label,
+                ..
+            } => format!("{latitude},{longitude} {label}"),
+            Kind::Link { title, .. } | Kind::MiniProgramPage { title, .. } => title.clone(),
+            Kind::Event(_) => format!(
+                "{} {}",
+                self.field("Event").unwrap_or_default().trim(),
+                self.field("EventKey").unwrap_or_default().trim()
+            ),
+            Kind::Unknown { .. } => String::new(),
+        };
+        let one_line: String = text
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let mut cut: String = one_line.chars().take(40).collect();
+        if one_line.chars().count() > 40 {
+            cut.push('…');
+        }
+        cut
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_message() {
+        let m = parse("<xml><ToUserName><![CDATA[gh_1]]></ToUserName><FromUserName><![CDATA[oU]]></FromUserName><CreateTime>1348831860</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[this is a test]]></Content><MsgId>1234567890123456</MsgId></xml>").unwrap();
+        assert_eq!(m.to_user, "gh_1");
+        assert_eq!(m.from_user, "oU");
+        assert_eq!(m.create_time, 1348831860);
+        assert_eq!(m.msg_id, Some(1234567890123456));
+        assert_eq!(
+            m.kind,
+            Kind::Text {
+                content: "this is a test".into()
+            }
+        );
+        assert_eq!(m.dedup_key(), "id|oU|1234567890123456");
+    }
+
+    #[test]
+    fn refuses_dtd_and_garbage() {
+        let dtd = "<?xml version=\"1.0\"?><!DOCTYPE x [<!ENTITY a \"b\">]><xml><MsgType>text</MsgType></xml>";
+        assert!(matches!(parse(dtd), Err(ParseError::Xml(_))));
+        assert!(matches!(parse("not xml"), Err(ParseError::Xml(_))));
+        assert!(matches!(
+            parse("<xml><FromUserName>a</FromUserName></xml>"),
+            Err(ParseError::Missing("MsgType"))
+        ));
+        assert!(matches!(parse("<foo/>"), Err(ParseError::Root(_))));
+        assert!(matches!(parse("<xml><MsgType>text</MsgType><FromUserName>a</FromUserName><CreateTime>x</CreateTime></xml>"), Err(ParseError::NotANumber { .. })));
+    }
+
+    #[test]
+    fn nested_event_fields() {
+        let m = parse("<xml><FromUserName>u</FromUserName><CreateTime>1</CreateTime><MsgType>event</MsgType><Event>pic_weixin</Event><EventKey>K</EventKey><SendPicsInfo><Count>2</Count><PicList><item><PicMd5Sum>a</PicMd5Sum></item><item><PicMd5Sum>b</PicMd5Sum></item></PicList></SendPicsInfo></xml>").unwrap();
+        assert_eq!(
+            m.kind,
+            Kind::Event(Event::PicWeixin {
+                event_key: "K".into(),
+                pics: SendPicsInfo {
+                    count: 2,
+                    pic_md5_sums: vec!["a".into(), "b".into()]
+                }
+            })
+        );
+        assert_eq!(m.dedup_key(), "ev|u|1|event|pic_weixin|K");
+    }
+
+    #[test]
+    fn voice_recognition_is_said_without_trailing_punctuation() {
+        let m = parse("<xml><FromUserName>u</FromUserName><MsgType>voice</MsgType><MediaId>m</MediaId><Format>amr</Format><Recognition>天气。</Recognition><MsgId>5</MsgId></xml>").unwrap();
+        assert_eq!(m.said().as_deref(), Some("天气"));
+    }
+}
