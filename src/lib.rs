@@ -8,4 +8,5 @@
 pub mod crypto;
 pub mod logging;
 pub mod message;
+pub mod reply;
 pub mod signature;
