@@ -5,6 +5,7 @@
 //! [`config`] loads `wxmp.toml`, [`dedup`] makes retries idempotent, [`logging`] writes
 //! rotated logs and [`server`] ties them to a tiny_http recv loop.
 
+pub mod config;
 pub mod crypto;
 pub mod logging;
 pub mod message;

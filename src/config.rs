@@ -1,0 +1,340 @@
+//! `wxmp.toml`: the server's settings, with environment overrides and a first-run file.
+//!
+//! Unknown keys are refused by name (a typo must not silently turn a feature off), and a missing
+//! token is a refusal to start: wxmp never serves without checking signatures.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The default file name, looked up in the working directory.
+pub const DEFAULT_FILE: &str = "wxmp.toml";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The Token entered in WeChat's admin page (3–32 letters or digits). Env `WXMP_TOKEN`.
+    #[serde(default)]
+    pub token: String,
+    /// Address to listen on. Env `WXMP_LISTEN`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The URL path WeChat calls.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Threads running the recv loop.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Built-in replies.
+    #[serde(default)]
+    pub reply: ReplyConfig,
+    /// Where this configuration was read from (`None` for built-in defaults); relative paths in
+    /// commands are resolved against its folder.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// The `[log]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Folder of the log files. Env `WXMP_LOG_DIR`.
+    #[serde(default = "default_log_dir")]
+    pub dir: PathBuf,
+}
+
+/// The `[reply]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyConfig {
+    /// The answer to a message no command matches.
+    #[serde(default = "default_reply")]
+    pub default: String,
+    /// The answer to a `subscribe` event.
+    #[serde(default = "default_welcome")]
+    pub welcome: String,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8880".into()
+}
+fn default_path() -> String {
+    "/".into()
+}
+fn default_workers() -> usize {
+    4
+}
+fn default_log_dir() -> PathBuf {
+    "log".into()
+}
+fn default_reply() -> String {
+    "对不起，我没有看懂你的信息~".into()
+}
+fn default_welcome() -> String {
+    "感谢关注！".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            dir: default_log_dir(),
+        }
+    }
+}
+
+impl Default for ReplyConfig {
+    fn default() -> Self {
+        ReplyConfig {
+            default: default_reply(),
+            welcome: default_welcome(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            token: String::new(),
+            listen: default_listen(),
+            path: default_path(),
+            workers: default_workers(),
+            log: LogConfig::default(),
+            reply: ReplyConfig::default(),
+            source: None,
+        }
+    }
+}
+
+/// Environment variables that override the file, in the order they are applied.
+pub const ENV_OVERRIDES: [&str; 3] = ["WXMP_TOKEN", "WXMP_LISTEN", "WXMP_LOG_DIR"];
+
+impl Config {
+    /// Parses a TOML document; the error names the offending key or line.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// Reads and parses the file at `path`, without applying the environment or validating.
+    pub fn read(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file '{}': {e}", path.display()))?;
+        let mut config = Config::from_toml(&text)
+            .map_err(|e| format!("config file '{}': {e}", path.display()))?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Applies `WXMP_TOKEN`, `WXMP_LISTEN` and `WXMP_LOG_DIR` from `env` (a lookup function, so
+    /// tests need not touch the process environment).
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
+        if let Some(v) = env("WXMP_TOKEN") {
+            self.token = v;
+        }
+        if let Some(v) = env("WXMP_LISTEN") {
+            self.listen = v;
+        }
+        if let Some(v) = env("WXMP_LOG_DIR") {
+            self.log.dir = v.into();
+        }
+    }
+
+    /// Checks the values; every problem is listed, each saying what to set.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errors = Vec::new();
+        if self.token.is_empty() {
+            errors.push(
+                "token is missing: set `token = \"...\"` in wxmp.toml (the Token from WeChat's \
+                 admin page, 基本配置) or the WXMP_TOKEN environment variable"
+                    .to_string(),
+            );
+        } else if !valid_token(&self.token) {
+            errors.push(
+                "token must be 3 to 32 letters or digits (WeChat's rule for the Token field)"
+                    .into(),
+            );
+        }
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            errors.push(format!(
+                "listen = {:?} is not an address:port such as \"127.0.0.1:8880\"",
+                self.listen
+            ));
+        }
+        if !self.path.starts_with('/') || self.path.contains(['?', '#', ' ']) {
+            errors.push(format!(
+                "path = {:?} must start with '/' and hold no '?', '#' or spaces",
+                self.path
+            ));
+        }
+        if self.workers == 0 || self.workers > 256 {
+            errors.push(format!(
+                "workers = {} must be between 1 and 256",
+                self.workers
+            ));
+        }
+        if self.reply.default.trim().is_empty() {
+            errors.push(
+                "[reply] default must not be empty (WeChat shows an error for empty text)".into(),
+            );
+        }
+        if self.reply.welcome.trim().is_empty() {
+            errors.push(
+                "[reply] welcome must not be empty (WeChat shows an error for empty text)".into(),
+            );
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The folder relative paths are resolved against: the config file's folder, or `.`.
+    pub fn base_dir(&self) -> PathBuf {
+        match self.source.as_deref().and_then(Path::parent) {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+}
+
+/// WeChat's rule for the Token: 3–32 ASCII letters or digits.
+pub fn valid_token(token: &str) -> bool {
+    (3..=32).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Which file to use: the `--config` argument, else `WXMP_CONFIG`, else `./wxmp.toml`.
+pub fn resolve_path(cli: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> PathBuf {
+    cli.map(Path::to_path_buf)
+        .or_else(|| env("WXMP_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_FILE))
+}
+
+/// A random token of 32 letters and digits from the operating system's generator.
+pub fn generate_token() -> Result<String, String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut token = String::with_capacity(32);
+    let mut buf = [0u8; 64];
+    while token.len() < 32 {
+        getrandom::fill(&mut buf).map_err(|e| format!("no randomness from the OS: {e}"))?;
+        // Rejection sampling keeps every character equally likely (248 = 4 * 62).
+        for b in buf.iter().filter(|&&b| b < 248) {
+            if token.len() < 32 {
+                token.push(ALPHABET[usize::from(*b) % ALPHABET.len()] as char);
+            }
+        }
+    }
+    Ok(token)
+}
+
+/// The commented file written on first run, holding `token`.
+pub fn first_run_file(token: &str) -> String {
+    format!(
+        r#"# wxmp configuration (written on first run; edit freely, then restart or send SIGHUP).
+# Every key is optional except token. Environment variables override the file:
+# WXMP_TOKEN, WXMP_LISTEN, WXMP_LOG_DIR; WXMP_CONFIG picks another file.
+
+# The Token to enter in WeChat's admin page (设置与开发 → 基本配置 → 服务器配置).
+token = "{token}"
+
+# Where to listen; put nginx in front for HTTPS on 443.
+listen = "{listen}"
+# The URL path WeChat calls (nginx may proxy e.g. /wx/ to it).
+path = "/"
+# Threads answering requests.
+workers = 4
+
+[log]
+dir = "log"
+
+[reply]
+# The answer to a message nothing else matches.
+default = "{default}"
+# The answer to a new follower.
+welcome = "{welcome}"
+"#,
+        listen = default_listen(),
+        default = default_reply(),
+        welcome = default_welcome(),
+    )
+}
+
+/// Writes the first-run file at `path` with a fresh token and returns the token. Refuses to
+/// overwrite an existing file.
+pub fn write_first_run(path: &Path) -> Result<String, String> {
+    let token = generate_token()?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| format!("cannot create '{}': {e}", path.display()))?;
+    std::io::Write::write_all(&mut file, first_run_file(&token).as_bytes())
+        .map_err(|e| format!("cannot write '{}': {e}", path.display()))?;
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_to_an_almost_empty_file() {
+        let c = Config::from_toml("token = \"abc123\"").unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8880");
+        assert_eq!(c.path, "/");
+        assert_eq!(c.workers, 4);
+        assert_eq!(c.log.dir, PathBuf::from("log"));
+        assert_eq!(c.reply.default, "对不起，我没有看懂你的信息~");
+        assert_eq!(c.reply.welcome, "感谢关注！");
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::from_toml("token = \"abc\"\ntokn = \"x\"").unwrap_err();
+        assert!(e.contains("tokn"), "{e}");
+        let e = Config::from_toml("token = \"abc\"\n[log]\ndirr = \"x\"").unwrap_err();
+        assert!(e.contains("dirr"), "{e}");
+    }
+
+    #[test]
+    fn missing_token_says_what_to_set() {
+        let errors = Config::from_toml("").unwrap().validate().unwrap_err();
+        assert!(errors[0].contains("WXMP_TOKEN"), "{errors:?}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let mut c = Config::from_toml("token = \"fromfile\"").unwrap();
+        c.apply_env(|k| match k {
+            "WXMP_TOKEN" => Some("fromenv".into()),
+            "WXMP_LISTEN" => Some("127.0.0.1:1".into()),
+            "WXMP_LOG_DIR" => Some("/tmp/x".into()),
+            _ => None,
+        });
+        assert_eq!(
+            (c.token.as_str(), c.listen.as_str()),
+            ("fromenv", "127.0.0.1:1")
+        );
+        assert_eq!(c.log.dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn first_run_file_parses_and_validates() {
+        let token = generate_token().unwrap();
+        assert!(valid_token(&token));
+        assert_ne!(token, generate_token().unwrap());
+        let c = Config::from_toml(&first_run_file(&token)).unwrap();
+        assert_eq!(c.token, token);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_all_listed() {
+        let c = Config::from_toml("token = \"a b\"\nlisten = \"nope\"\npath = \"x\"\nworkers = 0")
+            .unwrap();
+        assert_eq!(c.validate().unwrap_err().len(), 4);
+    }
+}
