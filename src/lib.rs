@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod crypto;
+pub mod dedup;
 pub mod logging;
 pub mod message;
 pub mod reply;

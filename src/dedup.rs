@@ -1,0 +1,286 @@
+//! Retry deduplication: WeChat resends a message it got no answer to (3 tries, ~5 s apart).
+//! The first try claims the message and its answer is kept; a retry gets those same bytes, and
+//! a retry that arrives while the first try is still working waits for them.
+//!
+//! Entries live about 30 s (longer than WeChat's ~15 s of retries) and the table holds a bounded
+//! number of them, so memory stays flat under any load: when it is full the oldest entry goes.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How long an answer is remembered.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+
+/// How many messages are remembered at most.
+pub const DEFAULT_CAPACITY: usize = 4096;
+
+/// The table of recent messages, keyed by [`crate::message::Message::dedup_key`].
+pub struct Dedup<T> {
+    inner: Mutex<Inner<T>>,
+    ttl: Duration,
+    capacity: usize,
+}
+
+struct Inner<T> {
+    entries: HashMap<String, Arc<Slot<T>>>,
+    /// Insertion order, for expiry and eviction of the oldest.
+    order: VecDeque<(Instant, String)>,
+}
+
+/// One message's place in the table: pending until its first try completes.
+pub struct Slot<T> {
+    state: Mutex<State<T>>,
+    ready: Condvar,
+    created: Instant,
+}
+
+enum State<T> {
+    Pending {
+        tries: u32,
+    },
+    Done(T),
+    /// The first try ended without an answer (it panicked past every guard): retries stop waiting.
+    Abandoned,
+}
+
+/// What a try of a message gets from [`Dedup::claim`].
+pub enum Claim<T> {
+    /// The first try: handle the message and [`Ticket::complete`] it.
+    First(Ticket<T>),
+    /// A repeat: [`Repeat::wait`] for the first try's answer.
+    Repeat(Repeat<T>),
+}
+
+/// The first try's obligation to record an answer; dropping it unanswered releases any waiters.
+pub struct Ticket<T> {
+    slot: Arc<Slot<T>>,
+    completed: bool,
+}
+
+/// A repeated try of a message already seen.
+pub struct Repeat<T> {
+    slot: Arc<Slot<T>>,
+    /// Which try this is: 2 for WeChat's first retry, 3 for its last.
+    pub attempt: u32,
+}
+
+fn lock<X>(m: &Mutex<X>) -> MutexGuard<'_, X> {
+    // A panic while holding one of these locks cannot leave the data half-updated in a way that
+    // matters (every update is a single assignment), so a poisoned lock is used as it is.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<T: Clone> Default for Dedup<T> {
+    fn default() -> Self {
+        Dedup::new(DEFAULT_TTL, DEFAULT_CAPACITY)
+    }
+}
+
+impl<T: Clone> Dedup<T> {
+    /// A table remembering answers for `ttl`, at most `capacity` of them.
+    pub fn new(ttl: Duration, capacity: usize) -> Self {
+        Dedup {
+            inner: Mutex::new(Inner {
+                entries: HashMap::new(),
+                order: VecDeque::new(),
+            }),
+            ttl,
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Claims the message with `key`: the first try gets a [`Ticket`], later tries a [`Repeat`].
+    pub fn claim(&self, key: &str) -> Claim<T> {
+        let now = Instant::now();
+        let mut inner = lock(&self.inner);
+        self.expire(&mut inner, now);
+        if let Some(slot) = inner.entries.get(key) {
+            let slot = Arc::clone(slot);
+            drop(inner);
+            let attempt = match &mut *lock(&slot.state) {
+                State::Pending { tries } => {
+                    *tries += 1;
+                    *tries
+                }
+                _ => 2,
+            };
+            return Claim::Repeat(Repeat { slot, attempt });
+        }
+        while inner.entries.len() >= self.capacity {
+            match inner.order.pop_front() {
+                Some((_, old)) => {
+                    inner.entries.remove(&old);
+                }
+                None => break,
+            }
+        }
+        let slot = Arc::new(Slot {
+            state: Mutex::new(State::Pending { tries: 1 }),
+            ready: Condvar::new(),
+            created: now,
+        });
+        inner.entries.insert(key.to_string(), Arc::clone(&slot));
+        inner.order.push_back((now, key.to_string()));
+        Claim::First(Ticket {
+            slot,
+            completed: false,
+        })
+    }
+
+    /// Drops entries older than the time-to-live.
+    fn expire(&self, inner: &mut Inner<T>, now: Instant) {
+        while let Some((created, _)) = inner.order.front() {
+            if now.duration_since(*created) < self.ttl {
+                break;
+            }
+            if let Some((created, key)) = inner.order.pop_front() {
+                // Only remove the entry this order record was made for.
+                if inner
+                    .entries
+                    .get(&key)
+                    .is_some_and(|s| s.created == created)
+                {
+                    inner.entries.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// How many messages are remembered now.
+    pub fn len(&self) -> usize {
+        lock(&self.inner).entries.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T: Clone> Ticket<T> {
+    /// Records the answer and wakes every try waiting for it.
+    pub fn complete(mut self, answer: T) {
+        self.completed = true;
+        *lock(&self.slot.state) = State::Done(answer);
+        self.slot.ready.notify_all();
+    }
+}
+
+impl<T> Drop for Ticket<T> {
+    fn drop(&mut self) {
+        if !self.completed {
+            *lock(&self.slot.state) = State::Abandoned;
+            self.slot.ready.notify_all();
+        }
+    }
+}
+
+impl<T: Clone> Repeat<T> {
+    /// Waits up to `timeout` for the first try's answer; `None` when it is not there in time or
+    /// the first try was abandoned.
+    pub fn wait(&self, timeout: Duration) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        let mut state = lock(&self.slot.state);
+        loop {
+            match &*state {
+                State::Done(answer) => return Some(answer.clone()),
+                State::Abandoned => return None,
+                State::Pending { .. } => {}
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            state = self
+                .slot
+                .ready
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Whether the first try has finished (with an answer or abandoned).
+    pub fn is_settled(&self) -> bool {
+        !matches!(&*lock(&self.slot.state), State::Pending { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::thread;
+
+    #[test]
+    fn repeat_gets_first_answer() {
+        let d: Dedup<String> = Dedup::default();
+        let Claim::First(t) = d.claim("k") else {
+            panic!("first try must claim")
+        };
+        t.complete("answer".into());
+        let Claim::Repeat(r) = d.claim("k") else {
+            panic!("second try must repeat")
+        };
+        assert_eq!(r.attempt, 2);
+        assert_eq!(r.wait(Duration::ZERO).as_deref(), Some("answer"));
+    }
+
+    #[test]
+    fn repeat_waits_for_pending_first_try() {
+        let d: Arc<Dedup<u32>> = Arc::new(Dedup::default());
+        let Claim::First(t) = d.claim("k") else {
+            panic!()
+        };
+        let d2 = Arc::clone(&d);
+        let waiter = thread::spawn(move || match d2.claim("k") {
+            Claim::Repeat(r) => r.wait(Duration::from_secs(5)),
+            Claim::First(_) => None,
+        });
+        thread::sleep(Duration::from_millis(50));
+        t.complete(7);
+        assert_eq!(waiter.join().unwrap(), Some(7));
+    }
+
+    #[test]
+    fn wait_times_out_and_counts_attempts() {
+        let d: Dedup<u32> = Dedup::default();
+        let _t = d.claim("k");
+        let Claim::Repeat(r2) = d.claim("k") else {
+            panic!()
+        };
+        let Claim::Repeat(r3) = d.claim("k") else {
+            panic!()
+        };
+        assert_eq!((r2.attempt, r3.attempt), (2, 3));
+        assert_eq!(r2.wait(Duration::from_millis(10)), None);
+        assert!(!r2.is_settled());
+    }
+
+    #[test]
+    fn abandoned_ticket_releases_waiters() {
+        let d: Dedup<u32> = Dedup::default();
+        let Claim::First(t) = d.claim("k") else {
+            panic!()
+        };
+        let Claim::Repeat(r) = d.claim("k") else {
+            panic!()
+        };
+        drop(t);
+        assert_eq!(r.wait(Duration::from_secs(5)), None);
+        assert!(r.is_settled());
+    }
+
+    #[test]
+    fn capacity_and_ttl_bound_the_table() {
+        let d: Dedup<u32> = Dedup::new(Duration::from_millis(30), 100);
+        for i in 0..1000 {
+            if let Claim::First(t) = d.claim(&i.to_string()) {
+                t.complete(i);
+            }
+        }
+        assert_eq!(d.len(), 100);
+        assert!(matches!(d.claim("999"), Claim::Repeat(_)));
+        assert!(matches!(d.claim("0"), Claim::First(_)));
+        thread::sleep(Duration::from_millis(40));
+        let _ = d.claim("new");
+        assert_eq!(d.len(), 1);
+    }
+}
