@@ -11,4 +11,6 @@ pub mod dedup;
 pub mod logging;
 pub mod message;
 pub mod reply;
+pub mod router;
+pub mod server;
 pub mod signature;

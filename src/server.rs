@@ -1,0 +1,528 @@
+//! The HTTP side: a tiny_http recv loop on `workers` threads that checks every request's
+//! signature, parses the message, deduplicates WeChat's retries and writes the reply.
+//!
+//! Requests are answered on the recv-loop thread when that is quick (a signature failure, a
+//! fixed text); anything that waits (a slow command, a retry waiting for its first try) moves to
+//! its own thread, so one slow request never holds up another.
+
+use crate::config::Config;
+use crate::dedup::{Claim, Dedup, Repeat, Ticket};
+use crate::message::{self, Message};
+use crate::reply::Reply;
+use crate::router::{Handler, Route};
+use crate::signature;
+use log::{error, info, warn};
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tiny_http::{Header, Method, Request, Response};
+
+/// The largest POST body accepted; WeChat's messages are a few KiB at most.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// How long a try may wait for an answer before WeChat (5 s) gives up on it.
+pub const ANSWER_WITHIN: Duration = Duration::from_millis(4500);
+
+/// How long slow work may keep running after a try gave up on it: WeChat's three tries span ~15 s.
+pub const SLOW_WORK_LIMIT: Duration = Duration::from_secs(15);
+
+/// A finished answer, kept for retries: the exact bytes sent the first time.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    /// The response body.
+    pub body: Arc<str>,
+    /// The reply type, for the log.
+    pub kind: &'static str,
+}
+
+impl Answer {
+    fn content_type(&self) -> &'static str {
+        if self.body.starts_with('<') {
+            "application/xml; charset=utf-8"
+        } else {
+            "text/plain; charset=utf-8"
+        }
+    }
+}
+
+/// Shared state of a running server.
+struct App {
+    config: RwLock<Arc<Config>>,
+    handler: RwLock<Arc<dyn Handler>>,
+    dedup: Dedup<Answer>,
+    stopping: AtomicBool,
+    /// Requests handed to their own threads and not yet answered.
+    detached: AtomicUsize,
+}
+
+/// A running server; dropping it without [`Server::shutdown`] stops it abruptly.
+pub struct Server {
+    app: Arc<App>,
+    http: Arc<tiny_http::Server>,
+    workers: Vec<JoinHandle<()>>,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Binds `config.listen` and starts the recv loop on `config.workers` threads.
+    pub fn start(config: Config, handler: Arc<dyn Handler>) -> Result<Server, String> {
+        let http = tiny_http::Server::http(&config.listen)
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let addr = http
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| format!("{} is not an IP address", config.listen))?;
+        let http = Arc::new(http);
+        let workers_n = config.workers.max(1);
+        let app = Arc::new(App {
+            config: RwLock::new(Arc::new(config)),
+            handler: RwLock::new(handler),
+            dedup: Dedup::default(),
+            stopping: AtomicBool::new(false),
+            detached: AtomicUsize::new(0),
+        });
+        let mut workers = Vec::with_capacity(workers_n);
+        for i in 0..workers_n {
+            let (app, http) = (Arc::clone(&app), Arc::clone(&http));
+            let worker = thread::Builder::new()
+                .name(format!("wxmp-worker-{i}"))
+                .spawn(move || recv_loop(&app, &http))
+                .map_err(|e| format!("cannot start worker thread: {e}"))?;
+            workers.push(worker);
+        }
+        Ok(Server {
+            app,
+            http,
+            workers,
+            addr,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Replaces the configuration and handler (SIGHUP); requests in flight finish with the old ones.
+    pub fn reload(&self, config: Config, handler: Arc<dyn Handler>) {
+        *self
+            .app
+            .config
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
+        *self
+            .app
+            .handler
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = handler;
+    }
+
+    /// Stops taking requests, answers those already received, and waits up to `grace` for
+    /// requests still being worked on.
+    pub fn shutdown(self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        self.app.stopping.store(true, Ordering::SeqCst);
+        self.http.unblock();
+        for w in self.workers {
+            let _ = w.join();
+        }
+        while self.app.detached.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let left = self.app.detached.load(Ordering::SeqCst);
+        if left > 0 {
+            warn!("shutdown: {left} slow request(s) still running after {grace:?}, leaving them");
+        }
+    }
+}
+
+fn recv_loop(app: &Arc<App>, http: &tiny_http::Server) {
+    loop {
+        if app.stopping.load(Ordering::SeqCst) {
+            // Answer what tiny_http already accepted, then stop.
+            while let Ok(Some(req)) = http.try_recv() {
+                handle(app, req);
+            }
+            return;
+        }
+        match http.recv_timeout(Duration::from_millis(200)) {
+            Ok(Some(req)) => handle(app, req),
+            Ok(None) => {}
+            Err(e) => {
+                error!("accepting a request failed: {e}");
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Decodes `application/x-www-form-urlencoded` text: `%XX` escapes and `+` for space.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (
+                    bytes.get(i + 1).and_then(|&b| hex(b)),
+                    bytes.get(i + 2).and_then(|&b| hex(b)),
+                ) {
+                    (Some(h), Some(l)) => {
+                        // Two hex digits are at most 255: the cast cannot truncate.
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The query string's parameters, decoded.
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    /// Parses the part of a URL after `?`.
+    pub fn parse(query: &str) -> Query {
+        Query(
+            query
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    (percent_decode(k), percent_decode(v))
+                })
+                .collect(),
+        )
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Everything about a request needed after its body is read.
+struct Ctx {
+    start: Instant,
+    peer: String,
+}
+
+/// The address to log: the proxy's `X-Real-IP` / first `X-Forwarded-For` when the peer is a
+/// loopback proxy (nginx), else the peer itself.
+fn client_addr(req: &Request) -> String {
+    let peer = req.remote_addr().map(|a| a.ip());
+    if peer.is_some_and(|ip| ip.is_loopback()) {
+        for name in ["X-Real-IP", "X-Forwarded-For"] {
+            let forwarded = req
+                .headers()
+                .iter()
+                .find(|h| h.field.equiv(name))
+                .and_then(|h| h.value.as_str().split(',').next())
+                .and_then(|v| v.trim().parse::<IpAddr>().ok());
+            if let Some(ip) = forwarded {
+                return ip.to_string();
+            }
+        }
+    }
+    peer.map_or_else(|| "-".to_string(), |ip| ip.to_string())
+}
+
+fn header(name: &str, value: &str) -> Header {
+    // Both are ASCII literals chosen here, never request data.
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap_or_else(|()| {
+        Header::from_bytes(&b"X-Invalid"[..], &b"1"[..]).unwrap_or_else(|()| unreachable!())
+    })
+}
+
+fn respond_text(req: Request, status: u16, body: &str) {
+    let resp = Response::from_string(body)
+        .with_status_code(status)
+        .with_header(header("Content-Type", "text/plain; charset=utf-8"));
+    let _ = req.respond(resp);
+}
+
+fn respond_answer(req: Request, answer: &Answer) {
+    let resp = Response::from_string(answer.body.to_string())
+        .with_header(header("Content-Type", answer.content_type()));
+    let _ = req.respond(resp);
+}
+
+fn handle(app: &Arc<App>, req: Request) {
+    let ctx = Ctx {
+        start: Instant::now(),
+        peer: client_addr(&req),
+    };
+    let config = Arc::clone(&app.config.read().unwrap_or_else(PoisonError::into_inner));
+    let url = req.url().to_string();
+    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    if path == "/healthz" && *req.method() == Method::Get {
+        return respond_text(req, 200, "ok");
+    }
+    if path != config.path {
+        warn!(
+            "{} {} {path}: not found (WeChat's path is {})",
+            ctx.peer,
+            req.method(),
+            config.path
+        );
+        return respond_text(req, 404, "not found");
+    }
+    let query = Query::parse(query);
+    match req.method() {
+        Method::Get => verify_url(req, &config, &query, &ctx),
+        Method::Post => handle_post(app, req, &config, &query, ctx),
+        other => {
+            warn!("{} {other} {path}: method not allowed", ctx.peer);
+            let resp = Response::from_string("method not allowed")
+                .with_status_code(405)
+                .with_header(header("Allow", "GET, POST"));
+            let _ = req.respond(resp);
+        }
+    }
+}
+
+/// Whether the plain-mode signature in `query` is valid for `token`.
+fn signed(query: &Query, token: &str) -> bool {
+    match (
+        query.get("signature"),
+        query.get("timestamp"),
+        query.get("nonce"),
+    ) {
+        (Some(sig), Some(ts), Some(nonce)) => signature::verify(token, ts, nonce, sig),
+        _ => false,
+    }
+}
+
+/// GET: WeChat's URL verification. Echo `echostr` when the signature is valid.
+fn verify_url(req: Request, config: &Config, query: &Query, ctx: &Ctx) {
+    match query.get("echostr") {
+        Some(echo) if signed(query, &config.token) => {
+            info!("{} URL verification passed", ctx.peer);
+            let echo = echo.to_string();
+            respond_text(req, 200, &echo);
+        }
+        Some(_) => {
+            warn!(
+                "{} URL verification refused: bad or missing signature",
+                ctx.peer
+            );
+            respond_text(req, 403, "forbidden: bad signature");
+        }
+        None => {
+            warn!("{} GET without echostr refused", ctx.peer);
+            respond_text(req, 403, "forbidden: not a WeChat verification request");
+        }
+    }
+}
+
+/// Reads the body, at most [`MAX_BODY`] bytes; `Err(status, why)` for the client.
+fn read_body(req: &mut Request) -> Result<String, (u16, String)> {
+    if let Some(n) = req.body_length() {
+        if n > MAX_BODY {
+            return Err((
+                413,
+                format!("body of {n} bytes is over the {MAX_BODY}-byte limit"),
+            ));
+        }
+    }
+    let mut buf = Vec::with_capacity(req.body_length().unwrap_or(1024).min(MAX_BODY));
+    req.as_reader()
+        .take(MAX_BODY as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| (400, format!("reading the body failed: {e}")))?;
+    if buf.len() > MAX_BODY {
+        return Err((413, format!("body is over the {MAX_BODY}-byte limit")));
+    }
+    String::from_utf8(buf).map_err(|e| (400, format!("body is not UTF-8: {e}")))
+}
+
+fn handle_post(app: &Arc<App>, mut req: Request, config: &Config, query: &Query, ctx: Ctx) {
+    // The signature comes first: an unsigned body is never read, let alone parsed.
+    if !signed(query, &config.token) {
+        warn!("{} POST refused: bad or missing signature", ctx.peer);
+        return respond_text(req, 403, "forbidden: bad signature");
+    }
+    let body = match read_body(&mut req) {
+        Ok(body) => body,
+        Err((status, why)) => {
+            warn!("{} POST refused ({status}): {why}", ctx.peer);
+            if status == 413 {
+                let resp = Response::from_string(why)
+                    .with_status_code(413)
+                    .with_header(header("Connection", "close"));
+                let _ = req.respond(resp);
+                return;
+            }
+            return respond_text(req, status, &why);
+        }
+    };
+    let msg = match message::parse(&body) {
+        Ok(msg) => msg,
+        Err(e) => {
+            warn!("{} POST refused (400): {e}", ctx.peer);
+            return respond_text(req, 400, &format!("bad request: {e}"));
+        }
+    };
+    match app.dedup.claim(&msg.dedup_key()) {
+        Claim::First(ticket) => first_try(app, req, msg, ticket, ctx),
+        Claim::Repeat(repeat) => repeated_try(app, req, msg, repeat, ctx),
+    }
+}
+
+/// Asks the handler for a route, turning a panic into `success` (and a log line).
+fn route_safely(app: &App, msg: &Message) -> Route {
+    let handler = Arc::clone(&app.handler.read().unwrap_or_else(PoisonError::into_inner));
+    catch_unwind(AssertUnwindSafe(|| handler.route(msg))).unwrap_or_else(|_| {
+        error!(
+            "handler panicked on {} from {}; answered success",
+            msg.msg_type, msg.from_user
+        );
+        Route::Now(Reply::Success)
+    })
+}
+
+fn render(reply: &Reply, msg: &Message) -> Answer {
+    Answer {
+        body: reply
+            .render(&msg.from_user, &msg.to_user, now_unix())
+            .into(),
+        kind: reply.kind(),
+    }
+}
+
+fn log_answer(msg: &Message, answer: &Answer, ctx: &Ctx, note: &str) {
+    info!(
+        "{} {} {}{} \"{}\" -> {}{note} {}ms",
+        ctx.peer,
+        msg.from_user,
+        msg.msg_type,
+        msg.event_name()
+            .map(|e| format!("/{e}"))
+            .unwrap_or_default(),
+        msg.summary(),
+        answer.kind,
+        ctx.start.elapsed().as_millis()
+    );
+}
+
+fn first_try(app: &Arc<App>, req: Request, msg: Message, ticket: Ticket<Answer>, ctx: Ctx) {
+    match route_safely(app, &msg) {
+        Route::Now(reply) => {
+            let answer = render(&reply, &msg);
+            ticket.complete(answer.clone());
+            log_answer(&msg, &answer, &ctx, "");
+            respond_answer(req, &answer);
+        }
+        Route::Later(job) => {
+            let app2 = Arc::clone(app);
+            let msg2 = msg.clone();
+            // The job completes the ticket; the request itself waits like a retry would.
+            let spawned = thread::Builder::new()
+                .name("wxmp-job".into())
+                .spawn(move || {
+                    let reply = catch_unwind(AssertUnwindSafe(job)).unwrap_or_else(|_| {
+                        error!(
+                            "slow job panicked on a message from {}; answered success",
+                            msg2.from_user
+                        );
+                        Reply::Success
+                    });
+                    ticket.complete(render(&reply, &msg2));
+                    drop(app2);
+                });
+            if let Err(e) = spawned {
+                error!("cannot start a job thread: {e}; answered success");
+                return respond_answer(req, &render(&Reply::Success, &msg));
+            }
+            match app.dedup.claim(&msg.dedup_key()) {
+                Claim::Repeat(mut repeat) => {
+                    // This is the first try still; do not count it as a retry.
+                    repeat.attempt = 1;
+                    repeated_try(app, req, msg, repeat, ctx)
+                }
+                Claim::First(t) => {
+                    // Evicted already (table overflow): answer success rather than run twice.
+                    drop(t);
+                    respond_answer(req, &render(&Reply::Success, &msg));
+                }
+            }
+        }
+    }
+}
+
+/// A try of a message whose first try is done or under way: answer with the first try's bytes.
+fn repeated_try(app: &Arc<App>, req: Request, msg: Message, repeat: Repeat<Answer>, ctx: Ctx) {
+    if repeat.is_settled() {
+        return answer_repeat(req, &msg, repeat.wait(Duration::ZERO), &ctx, repeat.attempt);
+    }
+    // Waiting can take seconds: do it off the recv loop.
+    app.detached.fetch_add(1, Ordering::SeqCst);
+    let app2 = Arc::clone(app);
+    let spawned = thread::Builder::new()
+        .name("wxmp-wait".into())
+        .spawn(move || {
+            // Keep the connection until the work is done: answering `success` early would stop
+            // WeChat's retries, and WeChat drops the connection itself after 5 s.
+            let answer = repeat.wait(SLOW_WORK_LIMIT);
+            answer_repeat(req, &msg, answer, &ctx, repeat.attempt);
+            app2.detached.fetch_sub(1, Ordering::SeqCst);
+        });
+    if let Err(e) = spawned {
+        app.detached.fetch_sub(1, Ordering::SeqCst);
+        error!("cannot start a waiting thread: {e}");
+    }
+}
+
+fn answer_repeat(req: Request, msg: &Message, answer: Option<Answer>, ctx: &Ctx, attempt: u32) {
+    let note = if attempt > 1 {
+        format!(" (try {attempt}, same answer)")
+    } else {
+        String::new()
+    };
+    let answer = answer.unwrap_or_else(|| render(&Reply::Success, msg));
+    log_answer(msg, &answer, ctx, &note);
+    respond_answer(req, &answer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b+c%2Bd"), "a b c+d");
+        assert_eq!(percent_decode("%E4%BD%A0"), "你");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn query_parsing() {
+        let q = Query::parse("signature=abc&timestamp=1&nonce=2&echostr=x%3Dy&&flag");
+        assert_eq!(q.get("echostr"), Some("x=y"));
+        assert_eq!(q.get("flag"), Some(""));
+        assert_eq!(q.get("missing"), None);
+    }
+}
