@@ -1,1 +1,261 @@
-fn main() {}
+//! The `wxmp` command: `serve` (the default), `check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use wxmp::config::{self, Config};
+use wxmp::router::{Handler, Router};
+use wxmp::server::Server;
+
+const USAGE: &str = "\
+wxmp: a WeChat Official Account message server
+
+USAGE:
+    wxmp [serve] [--config FILE]    run the server (default: ./wxmp.toml; first run writes it)
+    wxmp check [--config FILE]      validate the config file and print what it sets up
+    wxmp --help | --version
+
+ENVIRONMENT:
+    WXMP_CONFIG  config file     WXMP_TOKEN  token      WXMP_LISTEN  listen address
+    WXMP_LOG_DIR log folder
+";
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Parsed command line.
+struct Cli {
+    command: String,
+    config: Option<PathBuf>,
+}
+
+fn parse_cli(args: &[String]) -> Result<Cli, String> {
+    let mut cli = Cli {
+        command: "serve".into(),
+        config: None,
+    };
+    let mut it = args.iter();
+    let mut seen_command = false;
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--config" | "-c" => {
+                let f = it.next().ok_or("--config needs a file name")?;
+                cli.config = Some(PathBuf::from(f));
+            }
+            a if a.starts_with("--config=") => cli.config = Some(PathBuf::from(&a[9..])),
+            "serve" | "check" if !seen_command => {
+                cli.command = arg.clone();
+                seen_command = true;
+            }
+            other => return Err(format!("unknown argument '{other}'; see `wxmp --help`")),
+        }
+    }
+    Ok(cli)
+}
+
+/// Reads, overrides and validates the configuration; every error is listed.
+fn load(path: &std::path::Path) -> Result<(Config, Router), Vec<String>> {
+    let mut config = Config::read(path).map_err(|e| vec![e])?;
+    config.apply_env(env);
+    let mut errors = config.validate().err().unwrap_or_default();
+    let router = match Router::from_config(&config) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            errors.extend(e);
+            None
+        }
+    };
+    match router {
+        Some(router) if errors.is_empty() => Ok((config, router)),
+        _ => Err(errors),
+    }
+}
+
+fn print_errors(path: &std::path::Path, errors: &[String]) {
+    eprintln!("wxmp: {} has {} problem(s):", path.display(), errors.len());
+    for e in errors {
+        eprintln!("  - {e}");
+    }
+}
+
+fn first_run(path: &std::path::Path) -> Result<(), String> {
+    let token = config::write_first_run(path)?;
+    eprintln!(
+        "wxmp: no config file found, so I wrote {path} with a new random token:\n\n    token = {token}\n\n\
+         To connect your Official Account:\n\
+         1. Put wxmp behind HTTPS (nginx proxying a path such as /wx/ to this server; see deploy/).\n\
+         2. In mp.weixin.qq.com → 设置与开发 → 基本配置 → 服务器配置, set URL to https://YOUR-DOMAIN/wx/\n\
+         \x20  and Token to the token above; choose 明文模式 (plain mode).\n\
+         3. Click 提交 (submit) while wxmp runs: WeChat calls the URL and wxmp answers it.\n",
+        path = path.display()
+    );
+    Ok(())
+}
+
+fn init_logging(config: &Config) -> Result<(), String> {
+    use simplelog::{CombinedLogger, ConfigBuilder, LevelFilter, SharedLogger, WriteLogger};
+    std::fs::create_dir_all(&config.log.dir).map_err(|e| {
+        format!(
+            "cannot create log dir '{}': {e}; set [log] dir or WXMP_LOG_DIR",
+            config.log.dir.display()
+        )
+    })?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.log.dir.join("wxmp.log"))
+        .map_err(|e| {
+            format!(
+                "cannot open log file in '{}': {e}",
+                config.log.dir.display()
+            )
+        })?;
+    let cfg = ConfigBuilder::new().build();
+    let loggers: Vec<Box<dyn SharedLogger>> = vec![
+        WriteLogger::new(LevelFilter::Info, cfg.clone(), std::io::stderr()),
+        WriteLogger::new(LevelFilter::Info, cfg, file),
+    ];
+    CombinedLogger::init(loggers).map_err(|e| format!("cannot start logging: {e}"))
+}
+
+fn serve(path: &std::path::Path) -> ExitCode {
+    if !path.exists() && env("WXMP_TOKEN").is_none() {
+        if let Err(e) = first_run(path) {
+            eprintln!("wxmp: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let (config, router) = if path.exists() {
+        match load(path) {
+            Ok(loaded) => loaded,
+            Err(errors) => {
+                print_errors(path, &errors);
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        // No file but WXMP_TOKEN: built-in defaults plus the environment.
+        let mut config = Config::default();
+        config.apply_env(env);
+        if let Err(errors) = config.validate() {
+            print_errors(path, &errors);
+            return ExitCode::FAILURE;
+        }
+        let router = match Router::from_config(&config) {
+            Ok(r) => r,
+            Err(errors) => {
+                print_errors(path, &errors);
+                return ExitCode::FAILURE;
+            }
+        };
+        (config, router)
+    };
+    if let Err(e) = init_logging(&config) {
+        eprintln!("wxmp: {e}");
+        return ExitCode::FAILURE;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for (sig, flag) in [
+        (signal_hook::consts::SIGTERM, &stop),
+        (signal_hook::consts::SIGINT, &stop),
+        (signal_hook::consts::SIGHUP, &hup),
+    ] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(flag)) {
+            log::error!("cannot handle signal {sig}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let listen = config.listen.clone();
+    let wechat_path = config.path.clone();
+    let server = match Server::start(config, Arc::new(router)) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("wxmp: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    log::info!(
+        "wxmp {} listening on {} (configured {listen}), WeChat path {wechat_path}, config {}",
+        env!("CARGO_PKG_VERSION"),
+        server.addr(),
+        path.display()
+    );
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+        if hup.swap(false, Ordering::SeqCst) {
+            reload(&server, path);
+        }
+    }
+    log::info!("stopping: finishing requests in flight");
+    server.shutdown(Duration::from_secs(4));
+    log::info!("stopped");
+    log::logger().flush();
+    ExitCode::SUCCESS
+}
+
+fn reload(server: &Server, path: &std::path::Path) {
+    match load(path) {
+        Ok((config, router)) => {
+            let handler: Arc<dyn Handler> = Arc::new(router);
+            server.reload(config, handler);
+            log::info!("reloaded {}", path.display());
+        }
+        Err(errors) => {
+            log::error!(
+                "reload of {} refused, keeping the running configuration: {}",
+                path.display(),
+                errors.join("; ")
+            );
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match load(path) {
+        Ok((config, _router)) => {
+            println!("{}: OK", path.display());
+            println!(
+                "  listen {}  path {}  workers {}",
+                config.listen, config.path, config.workers
+            );
+            println!("  log dir {}", config.log.dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            print_errors(path, &errors);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args
+        .iter()
+        .any(|a| a == "--help" || a == "-h" || a == "help")
+    {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if args.iter().any(|a| a == "--version" || a == "-V") {
+        println!("wxmp {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let cli = match parse_cli(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("wxmp: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let path = config::resolve_path(cli.config.as_deref(), env);
+    match cli.command.as_str() {
+        "check" => check(&path),
+        _ => serve(&path),
+    }
+}
