@@ -1,0 +1,305 @@
+//! Test helpers: start the real `wxmp` binary on a free loopback port and talk HTTP to it the
+//! way WeChat does (signed GET and POST requests).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The token every test server is configured with.
+pub const TOKEN: &str = "wxmpTestToken123";
+/// The account id WeChat puts in `ToUserName`.
+pub const ACCOUNT: &str = "gh_test";
+/// The default reply of a server without commands.
+pub const DEFAULT_REPLY: &str = "对不起，我没有看懂你的信息~";
+/// The default welcome.
+pub const WELCOME: &str = "感谢关注！";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh, empty folder under the target directory.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// A running wxmp process.
+pub struct Wxmp {
+    child: Option<Child>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its working directory (config file, log/).
+    pub dir: PathBuf,
+    stderr: Arc<Mutex<String>>,
+}
+
+/// An HTTP response.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    /// A header's value by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+impl Wxmp {
+    /// Starts wxmp with `extra` appended to a config that sets the test token, a loopback port
+    /// chosen by the OS and a log folder in a fresh directory.
+    pub fn start(extra: &str) -> Wxmp {
+        let dir = temp_dir("wxmp");
+        let config = format!("token = \"{TOKEN}\"\nlisten = \"127.0.0.1:0\"\n{extra}\n");
+        std::fs::write(dir.join("wxmp.toml"), config).expect("write config");
+        Wxmp::start_in(&dir, &["serve", "--config", "wxmp.toml"], &[])
+    }
+
+    /// Starts wxmp in `dir` with `args` and `envs`, waiting for its "listening on" line.
+    pub fn start_in(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Wxmp {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxmp"));
+        cmd.args(args).current_dir(dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        for var in ["WXMP_TOKEN", "WXMP_LISTEN", "WXMP_LOG_DIR", "WXMP_CONFIG", "WXMP_APP_ID", "WXMP_ENCODING_AES_KEY"] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(envs.iter().copied());
+        let mut child = cmd.spawn().expect("start wxmp");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    if let (Some(tx), Some(addr)) = (tx.take(), rest.split_whitespace().next()) {
+                        let _ = tx.send(addr.to_string());
+                    }
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a.parse().expect("listening address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("wxmp did not start; stderr:\n{}", log.lock().unwrap());
+            }
+        };
+        Wxmp { child: Some(child), addr, dir: dir.to_path_buf(), stderr: log }
+    }
+
+    /// Everything wxmp wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr contains `needle` (up to 5 s); true when it did.
+    pub fn wait_for_log(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.stderr().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) with our own child's pid has no memory-safety preconditions.
+            unsafe { libc::kill(child.id() as i32, sig) };
+        }
+    }
+
+    /// Sends SIGTERM and waits (up to 10 s) for the exit status.
+    pub fn terminate(mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("wxmp did not exit within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A raw HTTP request.
+    pub fn request(&self, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        http(self.addr, method, target, headers, body, Duration::from_secs(20))
+    }
+
+    /// GET `target`.
+    pub fn get(&self, target: &str) -> Resp {
+        self.request("GET", target, &[], b"")
+    }
+
+    /// POST `body` with a valid signature for `TOKEN`.
+    pub fn post_signed(&self, body: &str) -> Resp {
+        self.request("POST", &signed_query("/", TOKEN), &[], body.as_bytes())
+    }
+}
+
+impl Drop for Wxmp {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// WeChat's signature over `parts`.
+pub fn sign(parts: &[&str]) -> String {
+    wxmp::signature::sign(parts)
+}
+
+static NONCE: AtomicUsize = AtomicUsize::new(1000);
+
+/// `path?signature=…&timestamp=…&nonce=…&openid=…` signed with `token`.
+pub fn signed_query(path: &str, token: &str) -> String {
+    let ts = now().to_string();
+    let nonce = NONCE.fetch_add(1, Ordering::SeqCst).to_string();
+    format!(
+        "{path}?signature={}&timestamp={ts}&nonce={nonce}&openid=oUser",
+        sign(&[token, &ts, &nonce])
+    )
+}
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8], timeout: Duration) -> Resp {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length")) && (method == "POST" || !body.is_empty()) {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("send head");
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    parse_response(&raw)
+}
+
+/// Parses a full HTTP/1.1 response (body delimited by Content-Length or connection close).
+pub fn parse_response(raw: &[u8]) -> Resp {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).expect("status");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let len = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.parse::<usize>().ok());
+    let body = match len {
+        Some(n) => body.get(..n).unwrap_or(body).to_string(),
+        None => body.to_string(),
+    };
+    Resp { status, headers, body }
+}
+
+/// Builds an inbound message: `<xml>` with the common fields then `fields` (values in CDATA
+/// unless they are numbers).
+pub fn msg(from: &str, msg_type: &str, fields: &[(&str, &str)]) -> String {
+    let mut x = format!(
+        "<xml><ToUserName><![CDATA[{ACCOUNT}]]></ToUserName><FromUserName><![CDATA[{from}]]></FromUserName><CreateTime>{}</CreateTime><MsgType><![CDATA[{msg_type}]]></MsgType>",
+        now()
+    );
+    for (k, v) in fields {
+        if v.starts_with('<') || v.parse::<f64>().is_ok() {
+            x.push_str(&format!("<{k}>{v}</{k}>"));
+        } else {
+            x.push_str(&format!("<{k}><![CDATA[{v}]]></{k}>"));
+        }
+    }
+    x.push_str("</xml>");
+    x
+}
+
+static MSG_ID: AtomicUsize = AtomicUsize::new(1);
+
+/// A fresh MsgId, unique within this test process.
+pub fn fresh_id() -> String {
+    format!("{}{:06}", std::process::id(), MSG_ID.fetch_add(1, Ordering::SeqCst))
+}
+
+/// A text message from `from` with a fresh MsgId.
+pub fn text(from: &str, content: &str) -> String {
+    msg(from, "text", &[("Content", content), ("MsgId", &fresh_id())])
+}
+
+/// A parsed passive reply: its `MsgType` and every leaf field by `Parent/Child` path.
+#[derive(Debug)]
+pub struct ParsedReply {
+    pub fields: Vec<(String, String)>,
+}
+
+impl ParsedReply {
+    /// A field's text.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses a passive reply with a real XML parser, failing the test on malformed XML.
+pub fn parse_reply(xml: &str) -> ParsedReply {
+    let doc = roxmltree::Document::parse(xml).unwrap_or_else(|e| panic!("reply is not XML ({e}): {xml}"));
+    let mut fields = Vec::new();
+    fn walk(n: roxmltree::Node, prefix: &str, out: &mut Vec<(String, String)>) {
+        for c in n.children().filter(|c| c.is_element()) {
+            let name = if prefix.is_empty() { c.tag_name().name().to_string() } else { format!("{prefix}/{}", c.tag_name().name()) };
+            if c.children().any(|x| x.is_element()) {
+                walk(c, &name, out);
+            } else {
+                out.push((name, c.text().map(str::to_string).unwrap_or_default()));
+                // roxmltree joins adjacent CDATA sections into one text node.
+            }
+        }
+    }
+    assert_eq!(doc.root_element().tag_name().name(), "xml");
+    walk(doc.root_element(), "", &mut fields);
+    ParsedReply { fields }
+}
+
+/// Asserts `resp` is a text reply to `from` whose content is `content`.
+pub fn assert_text_reply(resp: &Resp, from: &str, content: &str) {
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let r = parse_reply(&resp.body);
+    assert_eq!(r.get("MsgType"), Some("text"), "{}", resp.body);
+    assert_eq!(r.get("ToUserName"), Some(from));
+    assert_eq!(r.get("FromUserName"), Some(ACCOUNT));
+    let t: u64 = r.get("CreateTime").and_then(|t| t.parse().ok()).expect("CreateTime is a number");
+    assert!(t.abs_diff(now()) < 60, "CreateTime is now");
+    assert_eq!(r.get("Content"), Some(content), "{}", resp.body);
+}
