@@ -1,1 +1,810 @@
-//! placeholder
+//! Logging set-up: stderr plus a size-rotated, age-pruned log file.
+//!
+//! The log file is `<dir>/wxmp.log`. Before a record is written, [`RotatingFile`] checks whether
+//! the record would make the file pass `max_size`; if so the file is renamed to
+//! `wxmp.log.YYYYMMDD-HHMMSS.N` (UTC time of the rotation, `N` counting rotations within that
+//! second) and a fresh `wxmp.log` is started. A record is therefore always written whole, with
+//! one `write` call, into exactly one file; a record larger than `max_size` goes alone into a
+//! fresh file. Rotated files whose modification time is more than `keep_days` days old are
+//! deleted when the file is opened and after every rotation.
+//!
+//! [`init`] installs the global logger. Its file half formats each record completely (with
+//! simplelog's formatting) before handing it to the [`RotatingFile`] in a single call, so even a
+//! message that spans several lines is never split across two files.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use log::{LevelFilter, Log, Metadata, Record};
+use simplelog::{
+    ColorChoice, CombinedLogger, Config, ConfigBuilder, LevelPadding, SharedLogger, TermLogger,
+    TerminalMode, WriteLogger,
+};
+
+/// Name of the active log file inside the log directory.
+const FILE_NAME: &str = "wxmp.log";
+
+/// Parses "500MB", "10KB", "1GB", "2048", "2048B" (case-insensitive, optional space) into bytes; Err(String) naming the bad value otherwise; 0 rejected.
+///
+/// Units are binary: 1 KB = 1024 bytes, 1 MB = 1024 KB, 1 GB = 1024 MB. Only whole numbers are
+/// accepted; values that overflow a `u64` are rejected.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = |why: &str| {
+        format!(
+            "invalid size '{s}': {why}; expected a whole number of bytes with an optional unit \
+             B, KB, MB or GB, e.g. \"500MB\""
+        )
+    };
+    let t = s.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits_end);
+    if number.is_empty() {
+        return Err(bad("no number"));
+    }
+    let multiplier: u64 = match unit.trim_start().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "KB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        _ => return Err(bad("unknown unit")),
+    };
+    let n: u64 = number.parse().map_err(|_| bad("number too large"))?;
+    let bytes = n
+        .checked_mul(multiplier)
+        .ok_or_else(|| bad("number too large"))?;
+    if bytes == 0 {
+        return Err(bad("size must be greater than zero"));
+    }
+    Ok(bytes)
+}
+
+/// Settings for the log (decoupled from the config module).
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// Directory holding `wxmp.log` and its rotated files; created if missing.
+    pub dir: PathBuf,
+    /// Size in bytes the log file may reach before it is rotated.
+    pub max_size: u64,
+    /// Rotated files last modified more than this many days ago are deleted (at start and at
+    /// each rotation); 0 keeps none of them past the next rotation or start.
+    pub keep_days: u64,
+    /// Most verbose level that is logged (to both stderr and the file).
+    pub level: LevelFilter,
+}
+
+impl Default for LogSettings {
+    /// `dir = "log"`, `max_size = 500MB`, `keep_days = 10`, `level = info`.
+    fn default() -> Self {
+        LogSettings {
+            dir: PathBuf::from("log"),
+            max_size: 500 << 20,
+            keep_days: 10,
+            level: LevelFilter::Info,
+        }
+    }
+}
+
+/// A Write that appends to dir/wxmp.log and rotates by size, pruning old files.
+///
+/// Bytes are buffered until a `'\n'`; each `write` call that contains a newline writes everything
+/// up to and including its last newline as one unit, so rotation only ever happens between
+/// lines, and a record written with a single `write`/`write_all` call is never split. (simplelog's
+/// `WriteLogger` writes a record in several pieces, the last ending in `'\n'`, so each of its
+/// single-line records is one unit too.) The size check happens before a unit is written: if the
+/// file is not empty and the unit would make it pass `max_size`, the file is rotated first. A
+/// unit larger than `max_size` therefore lands alone in a fresh file.
+///
+/// Use it behind a `Mutex` (as simplelog's `WriteLogger` does) to share it between threads.
+/// [`Write::flush`] (and dropping the value) writes out an unfinished last line as well.
+///
+/// If a rotation fails (for example the directory became read-only) a warning goes to stderr and
+/// writing continues in the current file, so no line is lost; rotation is tried again before the
+/// next unit.
+#[derive(Debug)]
+pub struct RotatingFile {
+    dir: PathBuf,
+    path: PathBuf,
+    file: File,
+    /// Bytes in the file `file` refers to.
+    size: u64,
+    max_size: u64,
+    keep: Duration,
+    /// Bytes written since the last newline.
+    pending: Vec<u8>,
+    /// `file` was renamed away but no new `wxmp.log` could be opened yet.
+    detached: bool,
+    /// A rotation problem was already reported on stderr (reset by the next success).
+    warned: bool,
+    /// Timestamp part of the last rotated name and its counter.
+    last_stamp: String,
+    last_seq: u64,
+}
+
+impl RotatingFile {
+    /// Opens (creating if needed) `dir/wxmp.log` for appending, taking its current size into
+    /// account, and deletes rotated files older than `keep_days` days. `dir` is created if missing.
+    /// Fails if `max_size` is 0 or the directory or file cannot be created or opened; a failure
+    /// to prune is only reported on stderr.
+    pub fn open(dir: &Path, max_size: u64, keep_days: u64) -> io::Result<Self> {
+        if max_size == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "max_size must be greater than zero",
+            ));
+        }
+        fs::create_dir_all(dir)?;
+        let path = dir.join(FILE_NAME);
+        let (file, size) = open_append(&path)?;
+        let rf = RotatingFile {
+            dir: dir.to_path_buf(),
+            path,
+            file,
+            size,
+            max_size,
+            keep: Duration::from_secs(keep_days.saturating_mul(86_400)),
+            pending: Vec::new(),
+            detached: false,
+            warned: false,
+            last_stamp: String::new(),
+            last_seq: 0,
+        };
+        if let Err(e) = rf.prune_old() {
+            eprintln!(
+                "wxmp: cannot prune old log files in '{}': {e}",
+                rf.dir.display()
+            );
+        }
+        Ok(rf)
+    }
+
+    /// Deletes rotated files (`wxmp.log.YYYYMMDD-HHMMSS.N`) in the log directory whose
+    /// modification time is more than `keep_days` days ago; returns how many were deleted.
+    /// Other files are never touched. Every candidate is tried; the first error (if any) is
+    /// returned after that.
+    pub fn prune_old(&self) -> io::Result<usize> {
+        let now = SystemTime::now();
+        let mut removed = 0;
+        let mut first_err = None;
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    continue;
+                }
+            };
+            if !entry.file_name().to_str().is_some_and(is_rotated_name) {
+                continue;
+            }
+            let mtime = match entry.metadata().and_then(|m| {
+                if m.is_file() {
+                    m.modified().map(Some)
+                } else {
+                    Ok(None)
+                }
+            }) {
+                Ok(Some(t)) => t,
+                Ok(None) => continue,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    continue;
+                }
+            };
+            // A modification time in the future counts as fresh.
+            let old = now.duration_since(mtime).is_ok_and(|age| age > self.keep);
+            if !old {
+                continue;
+            }
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(removed),
+        }
+    }
+
+    /// Writes one unit (whole lines), rotating first if it would make the file pass `max_size`.
+    fn write_unit(&mut self, unit: &[u8]) -> io::Result<()> {
+        let n = unit.len() as u64;
+        if self.detached || (self.size > 0 && self.size.saturating_add(n) > self.max_size) {
+            self.rotate();
+        }
+        match self.file.write_all(unit) {
+            Ok(()) => {
+                self.size += n;
+                Ok(())
+            }
+            Err(e) => {
+                // Part of the unit may have been written: re-read the real size.
+                if let Ok(m) = self.file.metadata() {
+                    self.size = m.len();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Renames the active file to a rotated name, opens a fresh one and prunes old files.
+    /// On failure, warns (once until the next success) and leaves the current file in use.
+    fn rotate(&mut self) {
+        if !self.detached {
+            let target = self.next_rotated_path();
+            if let Err(e) = fs::rename(&self.path, &target) {
+                warn_once(
+                    &mut self.warned,
+                    format_args!(
+                        "cannot rotate '{}' to '{}': {e}; still writing to it",
+                        self.path.display(),
+                        target.display()
+                    ),
+                );
+                return;
+            }
+            self.detached = true;
+        }
+        match open_append(&self.path) {
+            Ok((file, size)) => {
+                self.file = file;
+                self.size = size;
+                self.detached = false;
+                self.warned = false;
+            }
+            Err(e) => {
+                warn_once(
+                    &mut self.warned,
+                    format_args!(
+                        "cannot open new log file '{}': {e}; still writing to the rotated file",
+                        self.path.display()
+                    ),
+                );
+                return;
+            }
+        }
+        if let Err(e) = self.prune_old() {
+            warn_once(
+                &mut self.warned,
+                format_args!(
+                    "cannot prune old log files in '{}': {e}",
+                    self.dir.display()
+                ),
+            );
+        }
+    }
+
+    /// Returns an unused `wxmp.log.YYYYMMDD-HHMMSS.N` path for the current time.
+    fn next_rotated_path(&mut self) -> PathBuf {
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let stamp = utc_stamp(secs);
+        if stamp != self.last_stamp {
+            self.last_stamp = stamp;
+            self.last_seq = 0;
+        }
+        loop {
+            self.last_seq += 1;
+            let p = self
+                .dir
+                .join(format!("{FILE_NAME}.{}.{}", self.last_stamp, self.last_seq));
+            // symlink_metadata: a dangling symlink also occupies the name.
+            if fs::symlink_metadata(&p).is_err() {
+                return p;
+            }
+        }
+    }
+
+    /// Writes out a last line that has no newline yet.
+    fn write_pending(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let unit = std::mem::take(&mut self.pending);
+        let res = self.write_unit(&unit);
+        if res.is_err() {
+            self.pending = unit;
+        }
+        res
+    }
+}
+
+impl Write for RotatingFile {
+    /// Accepts all of `buf`; whole lines are written at once, a trailing partial line is kept
+    /// until its newline arrives. On error nothing of `buf` is taken.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(last_nl) = buf.iter().rposition(|&b| b == b'\n') else {
+            self.pending.extend_from_slice(buf);
+            return Ok(buf.len());
+        };
+        let (lines, rest) = buf.split_at(last_nl + 1);
+        if self.pending.is_empty() {
+            self.write_unit(lines)?;
+        } else {
+            let before = self.pending.len();
+            let mut unit = std::mem::take(&mut self.pending);
+            unit.extend_from_slice(lines);
+            let res = self.write_unit(&unit);
+            unit.truncate(if res.is_ok() { 0 } else { before });
+            self.pending = unit;
+            res?;
+        }
+        self.pending.extend_from_slice(rest);
+        Ok(buf.len())
+    }
+
+    /// Writes out any unfinished last line and flushes the file.
+    fn flush(&mut self) -> io::Result<()> {
+        self.write_pending()?;
+        self.file.flush()
+    }
+}
+
+impl Drop for RotatingFile {
+    fn drop(&mut self) {
+        let _ = self.write_pending();
+    }
+}
+
+/// Reports a rotation problem on stderr unless `*warned`, then sets it. It cannot go through
+/// `log`: this runs while the logger's lock is held, and logging from here would deadlock.
+fn warn_once(warned: &mut bool, msg: std::fmt::Arguments<'_>) {
+    if !*warned {
+        eprintln!("wxmp: log rotation: {msg}");
+        *warned = true;
+    }
+}
+
+/// Opens `path` for appending, creating it, and returns it with its current length.
+fn open_append(path: &Path) -> io::Result<(File, u64)> {
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    let size = file.metadata()?.len();
+    Ok((file, size))
+}
+
+/// Whether `name` looks like `wxmp.log.YYYYMMDD-HHMMSS.N` (the names this module rotates to).
+fn is_rotated_name(name: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix(FILE_NAME)
+        .and_then(|r| r.strip_prefix('.'))
+    else {
+        return false;
+    };
+    let b = rest.as_bytes();
+    let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    b.len() > 16
+        && digits(&b[..8])
+        && b[8] == b'-'
+        && digits(&b[9..15])
+        && b[15] == b'.'
+        && digits(&b[16..])
+}
+
+/// Formats seconds since the Unix epoch as `YYYYMMDD-HHMMSS` in UTC.
+fn utc_stamp(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Converts days since 1970-01-01 to a (year, month, day) date (proleptic Gregorian calendar;
+/// H. Hinnant's `civil_from_days`, restricted to dates from 1970 on).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Locks `m`, carrying on if another thread panicked while holding it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A `Write` into a shared buffer: simplelog formats one record into it.
+#[derive(Clone, Default)]
+struct RecordBuf(Arc<Mutex<Vec<u8>>>);
+
+impl Write for RecordBuf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        lock(&self.0).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The file half of the global logger: formats a whole record with simplelog, then gives it to
+/// the [`RotatingFile`] in one `write_all`, so a record (even a multi-line one) never straddles
+/// a rotation. Its `flush` flushes the file, so `log::logger().flush()` does too.
+struct FileLogger {
+    level: LevelFilter,
+    format: Box<WriteLogger<RecordBuf>>,
+    buf: RecordBuf,
+    file: Mutex<RotatingFile>,
+}
+
+impl FileLogger {
+    fn new(level: LevelFilter, config: Config, file: RotatingFile) -> Box<FileLogger> {
+        let buf = RecordBuf::default();
+        Box::new(FileLogger {
+            level,
+            format: WriteLogger::new(level, config, buf.clone()),
+            buf,
+            file: Mutex::new(file),
+        })
+    }
+}
+
+impl Log for FileLogger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.format.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        // Holding the file lock makes this thread the only user of the format buffer.
+        let mut file = lock(&self.file);
+        self.format.log(record);
+        let bytes = std::mem::take(&mut *lock(&self.buf.0));
+        if !bytes.is_empty() {
+            let _ = file.write_all(&bytes);
+        }
+    }
+
+    fn flush(&self) {
+        let _ = lock(&self.file).flush();
+    }
+}
+
+impl SharedLogger for FileLogger {
+    fn level(&self) -> LevelFilter {
+        self.level
+    }
+
+    fn config(&self) -> Option<&Config> {
+        self.format.config()
+    }
+
+    fn as_log(self: Box<Self>) -> Box<dyn Log> {
+        self
+    }
+}
+
+/// Set once [`init`] has installed the global logger.
+static INITIALISED: Mutex<bool> = Mutex::new(false);
+
+/// Installs the global logger: a simplelog `CombinedLogger` of a `TermLogger` to stderr and a
+/// logger writing whole records to a [`RotatingFile`] in `settings.dir`.
+///
+/// Both write lines like `2026-11-24T15:30:12.345678+08:00 [INFO ] wxmp::server: message` at
+/// `settings.level` and above; stderr gets no colours. Times are local when the local offset can
+/// be determined (it usually can before other threads start), otherwise UTC; the offset is
+/// always printed. Returns `Err` saying what to fix if the log directory or file cannot be
+/// created, if `max_size` is 0, or if a logger is already installed (a second call).
+pub fn init(settings: &LogSettings) -> Result<(), String> {
+    let mut done = lock(&INITIALISED);
+    if *done {
+        return Err("logging is already initialised (logging::init called twice)".to_string());
+    }
+    if settings.max_size == 0 {
+        return Err("[log] max_size must be greater than zero".to_string());
+    }
+    let dir = &settings.dir;
+    fs::create_dir_all(dir).map_err(|e| {
+        format!(
+            "cannot create log dir '{}': {}; set [log] dir or WXMP_LOG_DIR",
+            dir.display(),
+            describe(&e)
+        )
+    })?;
+    let file = RotatingFile::open(dir, settings.max_size, settings.keep_days).map_err(|e| {
+        format!(
+            "cannot open log file '{}': {}; set [log] dir or WXMP_LOG_DIR",
+            dir.join(FILE_NAME).display(),
+            describe(&e)
+        )
+    })?;
+
+    let mut builder = ConfigBuilder::new();
+    builder
+        .set_time_level(LevelFilter::Error)
+        .set_level_padding(LevelPadding::Right)
+        .set_target_level(LevelFilter::Error)
+        .set_thread_level(LevelFilter::Off)
+        .set_location_level(LevelFilter::Off)
+        .set_time_format_rfc3339();
+    // Fails when the offset cannot be read soundly (e.g. other threads already run): stay on UTC.
+    let _ = builder.set_time_offset_to_local();
+    let config = builder.build();
+
+    let level = settings.level;
+    CombinedLogger::init(vec![
+        TermLogger::new(
+            level,
+            config.clone(),
+            TerminalMode::Stderr,
+            ColorChoice::Never,
+        ),
+        FileLogger::new(level, config, file),
+    ])
+    .map_err(|_| "another global logger is already installed".to_string())?;
+    *done = true;
+    Ok(())
+}
+
+/// Flushes the log file (called on shutdown).
+///
+/// Same as `log::logger().flush()`; does nothing if [`init`] has not been called.
+pub fn flush() {
+    log::logger().flush();
+}
+
+/// An io::Error as short lowercase text: "permission denied" rather than
+/// "Permission denied (os error 13)".
+fn describe(e: &io::Error) -> String {
+    let s = e.to_string();
+    let s = match s.find(" (os error ") {
+        Some(i) => &s[..i],
+        None => &s,
+    };
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_size_units() {
+        assert_eq!(parse_size("2048"), Ok(2048));
+        assert_eq!(parse_size("2048B"), Ok(2048));
+        assert_eq!(parse_size("2048 b"), Ok(2048));
+        assert_eq!(parse_size("10KB"), Ok(10 * 1024));
+        assert_eq!(parse_size("10kb"), Ok(10 * 1024));
+        assert_eq!(parse_size("10 Kb"), Ok(10 * 1024));
+        assert_eq!(parse_size("500MB"), Ok(500 * 1024 * 1024));
+        assert_eq!(parse_size("500 mb"), Ok(500 * 1024 * 1024));
+        assert_eq!(parse_size("1GB"), Ok(1024 * 1024 * 1024));
+        assert_eq!(parse_size("16gB"), Ok(16 << 30));
+        assert_eq!(parse_size("  7 MB  "), Ok(7 << 20));
+        assert_eq!(parse_size("1"), Ok(1));
+    }
+
+    #[test]
+    fn parse_size_rejects_bad_values() {
+        for bad in [
+            "",
+            "   ",
+            "MB",
+            "0",
+            "0MB",
+            "0 B",
+            "-1",
+            "+5MB",
+            "1.5GB",
+            "10 K",
+            "10KiB",
+            "10TB",
+            "10 M B",
+            "ten",
+            "5MBs",
+            "18446744073709551616",
+            "17179869184GB",
+        ] {
+            let err = parse_size(bad).expect_err(bad);
+            assert!(err.contains(&format!("'{bad}'")), "{err}");
+        }
+        assert_eq!(parse_size("18446744073709551615"), Ok(u64::MAX));
+    }
+
+    #[test]
+    fn default_settings() {
+        let s = LogSettings::default();
+        assert_eq!(s.dir, PathBuf::from("log"));
+        assert_eq!(s.max_size, 500 * 1024 * 1024);
+        assert_eq!(s.keep_days, 10);
+        assert_eq!(s.level, LevelFilter::Info);
+    }
+
+    #[test]
+    fn rotated_names() {
+        assert!(is_rotated_name("wxmp.log.20261124-153012.1"));
+        assert!(is_rotated_name("wxmp.log.20261124-153012.123"));
+        for name in [
+            "wxmp.log",
+            "wxmp.log.",
+            "wxmp.log.bak",
+            "wxmp.log.20261124-153012",
+            "wxmp.log.20261124-153012.",
+            "wxmp.log.20261124-153012.1x",
+            "wxmp.log.2026112-153012.1",
+            "wxmp.log.20261124_153012.1",
+            "other.log.20261124-153012.1",
+            "wxmp.logx20261124-153012.1",
+        ] {
+            assert!(!is_rotated_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn utc_stamps() {
+        assert_eq!(utc_stamp(0), "19700101-000000");
+        assert_eq!(utc_stamp(951_782_400), "20000229-000000");
+        assert_eq!(utc_stamp(951_868_799), "20000229-235959");
+        assert_eq!(utc_stamp(951_868_800), "20000301-000000");
+        assert_eq!(utc_stamp(1_795_534_212), "20261124-153012");
+        assert_eq!(utc_stamp(4_107_542_400), "21000301-000000");
+    }
+
+    #[test]
+    fn describe_io_errors() {
+        let e = io::Error::from_raw_os_error(libc::EACCES);
+        assert_eq!(describe(&e), "permission denied");
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let d = std::env::temp_dir().join(format!(
+            "wxmp-logging-unit-{tag}-{}-{nanos}",
+            std::process::id()
+        ));
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Contents of every file in `dir`, rotated ones first (oldest first), the active one last.
+    fn files_in(dir: &Path) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let name = e.file_name().into_string().unwrap();
+                (name, fs::read_to_string(e.path()).unwrap())
+            })
+            .collect();
+        v.sort_by_key(|(name, _)| {
+            let seq: u64 = name
+                .rsplit('.')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(u64::MAX);
+            (
+                name.len() == FILE_NAME.len(),
+                name.get(..24).map(str::to_string),
+                seq,
+            )
+        });
+        v
+    }
+
+    #[test]
+    fn file_logger_keeps_multi_line_records_whole() {
+        let dir = temp_dir("multiline");
+        let file = RotatingFile::open(&dir, 120, 10).unwrap();
+        let config = ConfigBuilder::new()
+            .set_time_level(LevelFilter::Off)
+            .set_target_level(LevelFilter::Off)
+            .build();
+        let logger = FileLogger::new(LevelFilter::Info, config, file);
+        let emit = |level: log::Level, msg: &str| {
+            logger.log(
+                &Record::builder()
+                    .level(level)
+                    .target("t")
+                    .args(format_args!("{msg}"))
+                    .build(),
+            );
+        };
+        // 41 bytes.
+        emit(log::Level::Info, "first line\nsecond line\nthird line");
+        emit(log::Level::Debug, "filtered out");
+        // 99 bytes: its first line would still fit after the first record (41 + 68 <= 120), the
+        // whole record does not, so all of it must go to the next file.
+        let second = format!("{}\n{}", "y".repeat(60), "z".repeat(30));
+        emit(log::Level::Warn, &second);
+        emit(log::Level::Info, "last");
+        logger.flush();
+        let files = files_in(&dir);
+        let contents: Vec<&str> = files.iter().map(|(_, c)| c.as_str()).collect();
+        assert_eq!(
+            contents,
+            [
+                "[INFO] first line\nsecond line\nthird line\n",
+                &format!("[WARN] {second}\n[INFO] last\n"),
+            ]
+        );
+        assert_eq!(files[1].0, FILE_NAME);
+        assert!(is_rotated_name(&files[0].0), "{}", files[0].0);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `init` touches the process-wide logger, so every check of it lives in this one test.
+    #[test]
+    fn init_once_and_errors() {
+        let base = temp_dir("init");
+        // A path below a regular file cannot be created: the error names the dir and the fix.
+        let blocker = base.join("not-a-dir");
+        fs::write(&blocker, "x").unwrap();
+        let bad = LogSettings {
+            dir: blocker.join("log"),
+            ..LogSettings::default()
+        };
+        let err = init(&bad).unwrap_err();
+        assert!(
+            err.starts_with(&format!("cannot create log dir '{}': ", bad.dir.display())),
+            "{err}"
+        );
+        assert!(err.ends_with("; set [log] dir or WXMP_LOG_DIR"), "{err}");
+        assert!(!err.contains("os error"), "{err}");
+
+        let zero = LogSettings {
+            dir: base.join("log"),
+            max_size: 0,
+            ..LogSettings::default()
+        };
+        assert!(init(&zero).unwrap_err().contains("max_size"));
+
+        let good = LogSettings {
+            dir: base.join("log"),
+            max_size: 1 << 20,
+            keep_days: 10,
+            level: LevelFilter::Info,
+        };
+        init(&good).unwrap();
+        log::info!("hello from the init test");
+        log::debug!("not logged at info level");
+        log::logger().flush();
+        let text = fs::read_to_string(base.join("log").join(FILE_NAME)).unwrap();
+        assert!(text.contains(" [INFO ] wxmp::logging::tests: hello from the init test\n"));
+        assert!(!text.contains("not logged"));
+        // RFC 3339 date, time and UTC offset at the start of the line.
+        let line = text.lines().next().unwrap();
+        let stamp = line.split(' ').next().unwrap();
+        let b = stamp.as_bytes();
+        assert_eq!(
+            (b[4], b[7], b[10], b[13], b[16]),
+            (b'-', b'-', b'T', b':', b':'),
+            "{line}"
+        );
+        assert!(
+            stamp.ends_with('Z') || stamp[19..].contains(['+', '-']),
+            "{line}"
+        );
+
+        let err = init(&good).unwrap_err();
+        assert!(err.contains("already"), "{err}");
+        flush();
+        fs::remove_dir_all(&base).unwrap();
+    }
+}
