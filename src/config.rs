@@ -44,6 +44,47 @@ pub struct LogConfig {
     /// Folder of the log files. Env `WXMP_LOG_DIR`.
     #[serde(default = "default_log_dir")]
     pub dir: PathBuf,
+    /// Rotate the log file when it would pass this size (`"500MB"`; units KB, MB, GB).
+    #[serde(default = "default_max_size")]
+    pub max_size: String,
+    /// Delete rotated files older than this many days.
+    #[serde(default = "default_keep_days")]
+    pub keep_days: u64,
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl LogConfig {
+    /// The settings for [`crate::logging::init`], or what is wrong with them.
+    pub fn settings(&self) -> Result<crate::logging::LogSettings, Vec<String>> {
+        let mut errors = Vec::new();
+        let max_size = crate::logging::parse_size(&self.max_size)
+            .map_err(|e| errors.push(format!("[log] max_size: {e}")))
+            .unwrap_or(0);
+        let level = self
+            .level
+            .parse::<log::LevelFilter>()
+            .map_err(|_| {
+                errors.push(format!(
+                    "[log] level = {:?} must be one of error, warn, info, debug, trace",
+                    self.level
+                ))
+            })
+            .unwrap_or(log::LevelFilter::Info);
+        if self.keep_days == 0 {
+            errors.push("[log] keep_days must be at least 1".into());
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(crate::logging::LogSettings {
+            dir: self.dir.clone(),
+            max_size,
+            keep_days: self.keep_days,
+            level,
+        })
+    }
 }
 
 /// The `[reply]` table.
@@ -70,6 +111,15 @@ fn default_workers() -> usize {
 fn default_log_dir() -> PathBuf {
     "log".into()
 }
+fn default_max_size() -> String {
+    "500MB".into()
+}
+fn default_keep_days() -> u64 {
+    10
+}
+fn default_level() -> String {
+    "info".into()
+}
 fn default_reply() -> String {
     "对不起，我没有看懂你的信息~".into()
 }
@@ -81,6 +131,9 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             dir: default_log_dir(),
+            max_size: default_max_size(),
+            keep_days: default_keep_days(),
+            level: default_level(),
         }
     }
 }
@@ -174,6 +227,9 @@ impl Config {
                 self.workers
             ));
         }
+        if let Err(e) = self.log.settings() {
+            errors.extend(e);
+        }
         if self.reply.default.trim().is_empty() {
             errors.push(
                 "[reply] default must not be empty (WeChat shows an error for empty text)".into(),
@@ -248,6 +304,10 @@ workers = 4
 
 [log]
 dir = "log"
+# Rotate wxmp.log when it would pass this size; delete rotated files older than keep_days.
+max_size = "500MB"
+keep_days = 10
+level = "info"
 
 [reply]
 # The answer to a message nothing else matches.
@@ -286,6 +346,11 @@ mod tests {
         assert_eq!(c.path, "/");
         assert_eq!(c.workers, 4);
         assert_eq!(c.log.dir, PathBuf::from("log"));
+        let log = c.log.settings().unwrap();
+        assert_eq!(
+            (log.max_size, log.keep_days, log.level),
+            (500 << 20, 10, log::LevelFilter::Info)
+        );
         assert_eq!(c.reply.default, "对不起，我没有看懂你的信息~");
         assert_eq!(c.reply.welcome, "感谢关注！");
         assert!(c.validate().is_ok());
@@ -333,8 +398,10 @@ mod tests {
 
     #[test]
     fn bad_values_are_all_listed() {
-        let c = Config::from_toml("token = \"a b\"\nlisten = \"nope\"\npath = \"x\"\nworkers = 0")
-            .unwrap();
-        assert_eq!(c.validate().unwrap_err().len(), 4);
+        let c = Config::from_toml(
+            "token = \"a b\"\nlisten = \"nope\"\npath = \"x\"\nworkers = 0\n[log]\nmax_size = \"5XB\"\nlevel = \"loud\"\nkeep_days = 0",
+        )
+        .unwrap();
+        assert_eq!(c.validate().unwrap_err().len(), 7);
     }
 }

@@ -96,29 +96,8 @@ fn first_run(path: &std::path::Path) -> Result<(), String> {
 }
 
 fn init_logging(config: &Config) -> Result<(), String> {
-    use simplelog::{CombinedLogger, ConfigBuilder, LevelFilter, SharedLogger, WriteLogger};
-    std::fs::create_dir_all(&config.log.dir).map_err(|e| {
-        format!(
-            "cannot create log dir '{}': {e}; set [log] dir or WXMP_LOG_DIR",
-            config.log.dir.display()
-        )
-    })?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(config.log.dir.join("wxmp.log"))
-        .map_err(|e| {
-            format!(
-                "cannot open log file in '{}': {e}",
-                config.log.dir.display()
-            )
-        })?;
-    let cfg = ConfigBuilder::new().build();
-    let loggers: Vec<Box<dyn SharedLogger>> = vec![
-        WriteLogger::new(LevelFilter::Info, cfg.clone(), std::io::stderr()),
-        WriteLogger::new(LevelFilter::Info, cfg, file),
-    ];
-    CombinedLogger::init(loggers).map_err(|e| format!("cannot start logging: {e}"))
+    let settings = config.log.settings().map_err(|e| e.join("; "))?;
+    wxmp::logging::init(&settings)
 }
 
 fn serve(path: &std::path::Path) -> ExitCode {
@@ -194,7 +173,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
     log::info!("stopping: finishing requests in flight");
     server.shutdown(Duration::from_secs(4));
     log::info!("stopped");
-    log::logger().flush();
+    wxmp::logging::flush();
     ExitCode::SUCCESS
 }
 
