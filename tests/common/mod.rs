@@ -52,7 +52,10 @@ pub struct Resp {
 impl Resp {
     /// A header's value by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -69,8 +72,19 @@ impl Wxmp {
     /// Starts wxmp in `dir` with `args` and `envs`, waiting for its "listening on" line.
     pub fn start_in(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Wxmp {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxmp"));
-        cmd.args(args).current_dir(dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        for var in ["WXMP_TOKEN", "WXMP_LISTEN", "WXMP_LOG_DIR", "WXMP_CONFIG", "WXMP_APP_ID", "WXMP_ENCODING_AES_KEY"] {
+        cmd.args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for var in [
+            "WXMP_TOKEN",
+            "WXMP_LISTEN",
+            "WXMP_LOG_DIR",
+            "WXMP_CONFIG",
+            "WXMP_APP_ID",
+            "WXMP_ENCODING_AES_KEY",
+        ] {
             cmd.env_remove(var);
         }
         cmd.envs(envs.iter().copied());
@@ -100,7 +114,12 @@ impl Wxmp {
                 panic!("wxmp did not start; stderr:\n{}", log.lock().unwrap());
             }
         };
-        Wxmp { child: Some(child), addr, dir: dir.to_path_buf(), stderr: log }
+        Wxmp {
+            child: Some(child),
+            addr,
+            dir: dir.to_path_buf(),
+            stderr: log,
+        }
     }
 
     /// Everything wxmp wrote to stderr so far.
@@ -146,8 +165,21 @@ impl Wxmp {
     }
 
     /// A raw HTTP request.
-    pub fn request(&self, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-        http(self.addr, method, target, headers, body, Duration::from_secs(20))
+    pub fn request(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Resp {
+        http(
+            self.addr,
+            method,
+            target,
+            headers,
+            body,
+            Duration::from_secs(20),
+        )
     }
 
     /// GET `target`.
@@ -189,15 +221,29 @@ pub fn signed_query(path: &str, token: &str) -> String {
 
 /// Unix seconds now.
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// One HTTP/1.1 request on a fresh connection.
-pub fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8], timeout: Duration) -> Resp {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Resp {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(timeout)).unwrap();
     let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length")) && (method == "POST" || !body.is_empty()) {
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        && (method == "POST" || !body.is_empty())
+    {
         req.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     for (k, v) in headers {
@@ -214,19 +260,32 @@ pub fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str
 /// Parses a full HTTP/1.1 response (body delimited by Content-Length or connection close).
 pub fn parse_response(raw: &[u8]) -> Resp {
     let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
     let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).expect("status");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status");
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    let len = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.parse::<usize>().ok());
+    let len = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok());
     let body = match len {
         Some(n) => body.get(..n).unwrap_or(body).to_string(),
         None => body.to_string(),
     };
-    Resp { status, headers, body }
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// Builds an inbound message: `<xml>` with the common fields then `fields` (values in CDATA
@@ -251,12 +310,20 @@ static MSG_ID: AtomicUsize = AtomicUsize::new(1);
 
 /// A fresh MsgId, unique within this test process.
 pub fn fresh_id() -> String {
-    format!("{}{:06}", std::process::id(), MSG_ID.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{}{:06}",
+        std::process::id(),
+        MSG_ID.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// A text message from `from` with a fresh MsgId.
 pub fn text(from: &str, content: &str) -> String {
-    msg(from, "text", &[("Content", content), ("MsgId", &fresh_id())])
+    msg(
+        from,
+        "text",
+        &[("Content", content), ("MsgId", &fresh_id())],
+    )
 }
 
 /// A parsed passive reply: its `MsgType` and every leaf field by `Parent/Child` path.
@@ -268,17 +335,25 @@ pub struct ParsedReply {
 impl ParsedReply {
     /// A field's text.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
 /// Parses a passive reply with a real XML parser, failing the test on malformed XML.
 pub fn parse_reply(xml: &str) -> ParsedReply {
-    let doc = roxmltree::Document::parse(xml).unwrap_or_else(|e| panic!("reply is not XML ({e}): {xml}"));
+    let doc =
+        roxmltree::Document::parse(xml).unwrap_or_else(|e| panic!("reply is not XML ({e}): {xml}"));
     let mut fields = Vec::new();
     fn walk(n: roxmltree::Node, prefix: &str, out: &mut Vec<(String, String)>) {
         for c in n.children().filter(|c| c.is_element()) {
-            let name = if prefix.is_empty() { c.tag_name().name().to_string() } else { format!("{prefix}/{}", c.tag_name().name()) };
+            let name = if prefix.is_empty() {
+                c.tag_name().name().to_string()
+            } else {
+                format!("{prefix}/{}", c.tag_name().name())
+            };
             if c.children().any(|x| x.is_element()) {
                 walk(c, &name, out);
             } else {
@@ -299,7 +374,10 @@ pub fn assert_text_reply(resp: &Resp, from: &str, content: &str) {
     assert_eq!(r.get("MsgType"), Some("text"), "{}", resp.body);
     assert_eq!(r.get("ToUserName"), Some(from));
     assert_eq!(r.get("FromUserName"), Some(ACCOUNT));
-    let t: u64 = r.get("CreateTime").and_then(|t| t.parse().ok()).expect("CreateTime is a number");
+    let t: u64 = r
+        .get("CreateTime")
+        .and_then(|t| t.parse().ok())
+        .expect("CreateTime is a number");
     assert!(t.abs_diff(now()) < 60, "CreateTime is now");
     assert_eq!(r.get("Content"), Some(content), "{}", resp.body);
 }

@@ -1,0 +1,386 @@
+//! Conversations with the real wxmp binary: signed requests in, exact replies out.
+
+mod common;
+use common::*;
+use std::sync::Arc;
+
+#[test]
+fn get_verification_echoes_echostr_with_a_good_signature() {
+    let w = Wxmp::start("");
+    let q = signed_query("/", TOKEN);
+    let r = w.get(&format!("{q}&echostr=8837%2B45%20abc"));
+    assert_eq!((r.status, r.body.as_str()), (200, "8837+45 abc"));
+    assert!(r
+        .header("Content-Type")
+        .unwrap_or_default()
+        .starts_with("text/plain"));
+}
+
+#[test]
+fn get_verification_with_a_bad_signature_is_403() {
+    let w = Wxmp::start("");
+    let r = w.get("/?signature=f21891de399b4e33a1a93c9a7b8a8fffb5a443ff&timestamp=1410685589&nonce=test&echostr=x");
+    assert_eq!(r.status, 403);
+    assert!(!r.body.contains('x'));
+    let r = w.get("/?timestamp=1&nonce=2&echostr=x");
+    assert_eq!(r.status, 403);
+    assert!(w.wait_for_log("URL verification refused"));
+}
+
+#[test]
+fn get_verification_with_wrong_token_is_403() {
+    let w = Wxmp::start("");
+    let q = signed_query("/", "someOtherToken");
+    assert_eq!(w.get(&format!("{q}&echostr=x")).status, 403);
+}
+
+#[test]
+fn signed_text_gets_the_default_reply() {
+    let w = Wxmp::start("");
+    let r = w.post_signed(&text("oAlice", "你好"));
+    assert_text_reply(&r, "oAlice", DEFAULT_REPLY);
+    assert!(r.header("Content-Type").unwrap_or_default().contains("xml"));
+    assert!(w.wait_for_log("oAlice text \"你好\" -> text"));
+}
+
+#[test]
+fn post_with_bad_signature_is_403_and_not_parsed() {
+    let w = Wxmp::start("");
+    let r = w.request(
+        "POST",
+        "/?signature=0000000000000000000000000000000000000000&timestamp=1&nonce=2",
+        &[],
+        b"not even xml",
+    );
+    assert_eq!(r.status, 403);
+    assert!(w.wait_for_log("POST refused: bad or missing signature"));
+    assert!(!w.stderr().contains("not well-formed"));
+}
+
+#[test]
+fn post_without_signature_is_403() {
+    let w = Wxmp::start("");
+    let r = w.request("POST", "/", &[], text("oA", "hi").as_bytes());
+    assert_eq!(r.status, 403);
+    let r = w.request(
+        "POST",
+        "/?timestamp=1&nonce=2",
+        &[],
+        text("oA", "hi").as_bytes(),
+    );
+    assert_eq!(r.status, 403);
+}
+
+#[test]
+fn post_signed_with_another_token_is_403() {
+    let w = Wxmp::start("");
+    let r = w.request(
+        "POST",
+        &signed_query("/", "notTheToken"),
+        &[],
+        text("oA", "hi").as_bytes(),
+    );
+    assert_eq!(r.status, 403);
+}
+
+#[test]
+fn subscribe_gets_the_welcome() {
+    let w = Wxmp::start("");
+    let r = w.post_signed(&msg(
+        "oNew",
+        "event",
+        &[("Event", "subscribe"), ("EventKey", "")],
+    ));
+    assert_text_reply(&r, "oNew", WELCOME);
+}
+
+#[test]
+fn configured_replies_are_used() {
+    let w = Wxmp::start("[reply]\ndefault = \"没看懂\"\nwelcome = \"欢迎你\"");
+    assert_text_reply(&w.post_signed(&text("oA", "x")), "oA", "没看懂");
+    let r = w.post_signed(&msg("oA", "event", &[("Event", "subscribe")]));
+    assert_text_reply(&r, "oA", "欢迎你");
+}
+
+#[test]
+fn cdata_terminator_and_markup_in_reply_text_stay_well_formed() {
+    let w = Wxmp::start("[reply]\ndefault = \"a]]>b <&> ]]]]> \\\"q\\\"\"");
+    let r = w.post_signed(&text("oA", "x"));
+    assert_text_reply(&r, "oA", "a]]>b <&> ]]]]> \"q\"");
+    assert!(r.body.contains("]]]]><![CDATA[>"), "{}", r.body);
+}
+
+#[test]
+fn a_retry_gets_the_same_bytes() {
+    let w = Wxmp::start("");
+    let body = text("oA", "retry me");
+    let first = w.post_signed(&body);
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // CreateTime would differ if re-rendered
+    let second = w.post_signed(&body);
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body, second.body);
+    assert!(w.wait_for_log("(try 2, same answer)"));
+}
+
+#[test]
+fn event_retries_are_deduplicated_by_sender_time_event_and_key() {
+    let w = Wxmp::start("");
+    let ev = msg(
+        "oA",
+        "event",
+        &[("Event", "subscribe"), ("EventKey", "qrscene_1")],
+    );
+    let a = w.post_signed(&ev);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let b = w.post_signed(&ev);
+    assert_eq!(a.body, b.body);
+    // Another key in the same second is another event.
+    let other = ev.replace("qrscene_1", "qrscene_2");
+    let c = w.post_signed(&other);
+    assert_ne!(c.body, a.body);
+}
+
+#[test]
+fn body_over_64_kib_is_413_without_reading_it() {
+    let w = Wxmp::start("");
+    let q = signed_query("/", TOKEN);
+    // Announce a huge body but send none of it: the answer must come from the header alone.
+    let r = common::http(
+        w.addr,
+        "POST",
+        &q,
+        &[("Content-Length", "10000000")],
+        b"",
+        std::time::Duration::from_secs(5),
+    );
+    assert_eq!(r.status, 413);
+    let big = format!("<xml>{}</xml>", "a".repeat(70 * 1024));
+    assert_eq!(w.post_signed(&big).status, 413);
+    assert!(w.wait_for_log("(413)"));
+}
+
+#[test]
+fn chunked_body_over_the_limit_is_413() {
+    let w = Wxmp::start("");
+    let q = signed_query("/", TOKEN);
+    let mut body = Vec::new();
+    for _ in 0..20 {
+        body.extend_from_slice(format!("{:x}\r\n{}\r\n", 8192, "a".repeat(8192)).as_bytes());
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    let r = w.request(
+        "POST",
+        &q,
+        &[("Transfer-Encoding", "chunked"), ("Content-Length", "")],
+        &body,
+    );
+    assert!(r.status == 413 || r.status == 400, "{r:?}");
+}
+
+#[test]
+fn non_utf8_body_is_400() {
+    let w = Wxmp::start("");
+    let r = w.request(
+        "POST",
+        &signed_query("/", TOKEN),
+        &[],
+        b"<xml>\xff\xfe</xml>",
+    );
+    assert_eq!(r.status, 400);
+    assert!(w.wait_for_log("not UTF-8"));
+}
+
+#[test]
+fn malformed_xml_is_400() {
+    let w = Wxmp::start("");
+    assert_eq!(w.post_signed("<xml><MsgType>text</xml>").status, 400);
+    assert_eq!(w.post_signed("").status, 400);
+    assert!(w.wait_for_log("not well-formed XML"));
+}
+
+#[test]
+fn dtd_and_entities_are_400() {
+    let w = Wxmp::start("");
+    let lol = "<?xml version=\"1.0\"?><!DOCTYPE xml [<!ENTITY a \"aaaaaaaaaa\"><!ENTITY b \"&a;&a;&a;&a;&a;&a;&a;&a;\">]><xml><MsgType>text</MsgType><FromUserName>u</FromUserName><Content>&b;</Content></xml>";
+    assert_eq!(w.post_signed(lol).status, 400);
+    let xxe = "<!DOCTYPE xml [<!ENTITY x SYSTEM \"file:///etc/passwd\">]><xml><MsgType>text</MsgType><FromUserName>u</FromUserName><Content>&x;</Content></xml>";
+    assert_eq!(w.post_signed(xxe).status, 400);
+    let undefined =
+        "<xml><MsgType>text</MsgType><FromUserName>u</FromUserName><Content>&nope;</Content></xml>";
+    assert_eq!(w.post_signed(undefined).status, 400);
+}
+
+#[test]
+fn missing_msgtype_is_400() {
+    let w = Wxmp::start("");
+    let r = w.post_signed("<xml><FromUserName>u</FromUserName><Content>hi</Content></xml>");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("MsgType"));
+}
+
+#[test]
+fn other_methods_are_405() {
+    let w = Wxmp::start("");
+    for m in ["PUT", "DELETE", "PATCH"] {
+        let r = w.request(m, "/", &[], b"");
+        assert_eq!(r.status, 405, "{m}");
+        assert_eq!(r.header("Allow"), Some("GET, POST"));
+    }
+}
+
+#[test]
+fn other_paths_are_404_and_healthz_is_ok() {
+    let w = Wxmp::start("path = \"/wx\"");
+    assert_eq!(w.get("/").status, 404);
+    let r = w.get("/healthz");
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    let r = w.request(
+        "POST",
+        &signed_query("/wx", TOKEN),
+        &[],
+        text("oA", "hi").as_bytes(),
+    );
+    assert_text_reply(&r, "oA", DEFAULT_REPLY);
+}
+
+#[test]
+fn sixteen_threads_times_25_requests_all_answered() {
+    let w = Arc::new(Wxmp::start(""));
+    let handles: Vec<_> = (0..16)
+        .map(|t| {
+            let w = Arc::clone(&w);
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let from = format!("oUser{t}");
+                    let r = w.post_signed(&text(&from, &format!("m{i}")));
+                    assert_text_reply(&r, &from, DEFAULT_REPLY);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("client thread");
+    }
+    let answered = w.stderr().matches("-> text").count();
+    assert_eq!(answered, 400);
+}
+
+#[test]
+fn sigterm_exits_zero_and_logs_the_stop() {
+    let w = Wxmp::start("");
+    assert_eq!(w.post_signed(&text("oA", "hi")).status, 200);
+    let dir = w.dir.clone();
+    let status = w.terminate();
+    assert_eq!(status.code(), Some(0));
+    let log = std::fs::read_to_string(dir.join("log/wxmp.log")).expect("log file");
+    assert!(log.contains("stopped"), "{log}");
+    assert!(log.contains("oA text"), "{log}");
+}
+
+#[test]
+fn the_token_never_reaches_the_log() {
+    let w = Wxmp::start("");
+    w.post_signed(&text("oA", "hi"));
+    w.get("/?signature=x&timestamp=1&nonce=2&echostr=e");
+    let dir = w.dir.clone();
+    let stderr = w.stderr();
+    w.terminate();
+    let log = std::fs::read_to_string(dir.join("log/wxmp.log")).unwrap_or_default();
+    assert!(!log.contains(TOKEN) && !stderr.contains(TOKEN));
+}
+
+#[test]
+fn missing_token_refuses_to_start_and_says_what_to_set() {
+    let dir = temp_dir("notoken");
+    std::fs::write(dir.join("wxmp.toml"), "listen = \"127.0.0.1:0\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
+        .args(["serve", "--config", "wxmp.toml"])
+        .current_dir(&dir)
+        .env_remove("WXMP_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("token is missing") && err.contains("WXMP_TOKEN"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_config_key_is_named() {
+    let dir = temp_dir("badkey");
+    std::fs::write(
+        dir.join("wxmp.toml"),
+        "token = \"abc123\"\nlisten = \"127.0.0.1:0\"\nworkerz = 3\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
+        .args(["check", "--config", "wxmp.toml"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("workerz"));
+}
+
+#[test]
+fn first_run_writes_a_config_with_a_fresh_token_and_serves() {
+    let dir = temp_dir("firstrun");
+    let w = Wxmp::start_in(&dir, &[], &[("WXMP_LISTEN", "127.0.0.1:0")]);
+    let file = std::fs::read_to_string(dir.join("wxmp.toml")).expect("wxmp.toml written");
+    let token = file
+        .lines()
+        .find_map(|l| l.strip_prefix("token = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("token line")
+        .to_string();
+    assert_eq!(token.len(), 32);
+    assert!(
+        w.stderr().contains(&token),
+        "the token is printed for the owner"
+    );
+    assert!(w.stderr().contains("基本配置"));
+    let r = w.request(
+        "POST",
+        &signed_query("/", &token),
+        &[],
+        text("oA", "hi").as_bytes(),
+    );
+    assert_text_reply(&r, "oA", DEFAULT_REPLY);
+}
+
+#[test]
+fn env_overrides_the_file() {
+    let dir = temp_dir("envtoken");
+    std::fs::write(
+        dir.join("wxmp.toml"),
+        "token = \"fileToken1\"\nlisten = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let logdir = dir.join("elsewhere");
+    let w = Wxmp::start_in(
+        &dir,
+        &["serve"],
+        &[
+            ("WXMP_TOKEN", "envToken22"),
+            ("WXMP_LISTEN", "127.0.0.1:0"),
+            ("WXMP_LOG_DIR", logdir.to_str().unwrap()),
+        ],
+    );
+    let r = w.request(
+        "POST",
+        &signed_query("/", "envToken22"),
+        &[],
+        text("oA", "hi").as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    let r = w.request(
+        "POST",
+        &signed_query("/", "fileToken1"),
+        &[],
+        text("oA", "hi").as_bytes(),
+    );
+    assert_eq!(r.status, 403);
+    assert!(logdir.join("wxmp.log").exists());
+}
