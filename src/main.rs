@@ -181,8 +181,10 @@ fn reload(server: &Server, path: &std::path::Path) {
     match load(path) {
         Ok((config, router)) => {
             let handler: Arc<dyn Handler> = Arc::new(router);
-            server.reload(config, handler);
-            log::info!("reloaded {}", path.display());
+            match server.reload(config, handler) {
+                Ok(()) => log::info!("reloaded {}", path.display()),
+                Err(e) => log::error!("reload of {} refused: {e}", path.display()),
+            }
         }
         Err(errors) => {
             log::error!(

@@ -6,6 +6,7 @@
 //! its own thread, so one slow request never holds up another.
 
 use crate::config::Config;
+use crate::crypto::{self, CryptoError, MsgCrypt};
 use crate::dedup::{Claim, Dedup, Repeat, Ticket};
 use crate::message::{self, Message};
 use crate::reply::Reply;
@@ -49,9 +50,23 @@ impl Answer {
     }
 }
 
+/// The configuration in force and what is derived from it; swapped whole on reload.
+struct Live {
+    config: Config,
+    /// The safe-mode cipher, when the account has an EncodingAESKey.
+    crypt: Option<Arc<MsgCrypt>>,
+}
+
+impl Live {
+    fn new(config: Config) -> Result<Live, String> {
+        let crypt = config.crypt()?.map(Arc::new);
+        Ok(Live { config, crypt })
+    }
+}
+
 /// Shared state of a running server.
 struct App {
-    config: RwLock<Arc<Config>>,
+    live: RwLock<Arc<Live>>,
     handler: RwLock<Arc<dyn Handler>>,
     dedup: Dedup<Answer>,
     stopping: AtomicBool,
@@ -79,7 +94,7 @@ impl Server {
         let http = Arc::new(http);
         let workers_n = config.workers.max(1);
         let app = Arc::new(App {
-            config: RwLock::new(Arc::new(config)),
+            live: RwLock::new(Arc::new(Live::new(config)?)),
             handler: RwLock::new(handler),
             dedup: Dedup::default(),
             stopping: AtomicBool::new(false),
@@ -108,17 +123,19 @@ impl Server {
     }
 
     /// Replaces the configuration and handler (SIGHUP); requests in flight finish with the old ones.
-    pub fn reload(&self, config: Config, handler: Arc<dyn Handler>) {
+    pub fn reload(&self, config: Config, handler: Arc<dyn Handler>) -> Result<(), String> {
+        let live = Live::new(config)?;
         *self
             .app
-            .config
+            .live
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(live);
         *self
             .app
             .handler
             .write()
             .unwrap_or_else(PoisonError::into_inner) = handler;
+        Ok(())
     }
 
     /// Stops taking requests, answers those already received, and waits up to `grace` for
@@ -227,6 +244,8 @@ impl Query {
 struct Ctx {
     start: Instant,
     peer: String,
+    /// Set when the request was encrypted: the answer must be encrypted too.
+    seal: Option<Arc<MsgCrypt>>,
 }
 
 /// The address to log: the proxy's `X-Real-IP` / first `X-Forwarded-For` when the peer is a
@@ -273,8 +292,10 @@ fn handle(app: &Arc<App>, req: Request) {
     let ctx = Ctx {
         start: Instant::now(),
         peer: client_addr(&req),
+        seal: None,
     };
-    let config = Arc::clone(&app.config.read().unwrap_or_else(PoisonError::into_inner));
+    let live = Arc::clone(&app.live.read().unwrap_or_else(PoisonError::into_inner));
+    let config = &live.config;
     let url = req.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     if path == "/healthz" && *req.method() == Method::Get {
@@ -291,8 +312,8 @@ fn handle(app: &Arc<App>, req: Request) {
     }
     let query = Query::parse(query);
     match req.method() {
-        Method::Get => verify_url(req, &config, &query, &ctx),
-        Method::Post => handle_post(app, req, &config, &query, ctx),
+        Method::Get => verify_url(req, config, &query, &ctx),
+        Method::Post => handle_post(app, req, &live, &query, ctx),
         other => {
             warn!("{} {other} {path}: method not allowed", ctx.peer);
             let resp = Response::from_string("method not allowed")
@@ -358,9 +379,9 @@ fn read_body(req: &mut Request) -> Result<String, (u16, String)> {
     String::from_utf8(buf).map_err(|e| (400, format!("body is not UTF-8: {e}")))
 }
 
-fn handle_post(app: &Arc<App>, mut req: Request, config: &Config, query: &Query, ctx: Ctx) {
+fn handle_post(app: &Arc<App>, mut req: Request, live: &Live, query: &Query, mut ctx: Ctx) {
     // The signature comes first: an unsigned body is never read, let alone parsed.
-    if !signed(query, &config.token) {
+    if !signed(query, &live.config.token) {
         warn!("{} POST refused: bad or missing signature", ctx.peer);
         return respond_text(req, 403, "forbidden: bad signature");
     }
@@ -378,6 +399,20 @@ fn handle_post(app: &Arc<App>, mut req: Request, config: &Config, query: &Query,
             return respond_text(req, status, &why);
         }
     };
+    let body = if query.get("encrypt_type") == Some("aes") {
+        match open_sealed(live, query, &body) {
+            Ok((xml, crypt)) => {
+                ctx.seal = Some(crypt);
+                xml
+            }
+            Err((status, why)) => {
+                warn!("{} safe-mode POST refused ({status}): {why}", ctx.peer);
+                return respond_text(req, status, &why);
+            }
+        }
+    } else {
+        body
+    };
     let msg = match message::parse(&body) {
         Ok(msg) => msg,
         Err(e) => {
@@ -388,6 +423,42 @@ fn handle_post(app: &Arc<App>, mut req: Request, config: &Config, query: &Query,
     match app.dedup.claim(&msg.dedup_key()) {
         Claim::First(ticket) => first_try(app, req, msg, ticket, ctx),
         Claim::Repeat(repeat) => repeated_try(app, req, msg, repeat, ctx),
+    }
+}
+
+/// Safe or compatible mode: checks `msg_signature` over the `Encrypt` element, decrypts it and
+/// checks the AppID inside. `Err(status, why)`: 403 for a bad signature or another account's
+/// message, 400 for anything malformed.
+fn open_sealed(
+    live: &Live,
+    query: &Query,
+    body: &str,
+) -> Result<(String, Arc<MsgCrypt>), (u16, String)> {
+    let crypt = live.crypt.as_ref().ok_or_else(|| {
+        (
+            400,
+            "encrypted request but no encoding_aes_key is configured: set encoding_aes_key and \
+             app_id in wxmp.toml"
+                .to_string(),
+        )
+    })?;
+    let param = |name: &str| {
+        query
+            .get(name)
+            .ok_or_else(|| (403, format!("missing {name}")))
+    };
+    let (msg_signature, timestamp, nonce) = (
+        param("msg_signature")?,
+        param("timestamp")?,
+        param("nonce")?,
+    );
+    let encrypt = crypto::extract_encrypt(body).map_err(|e| (400, e.to_string()))?;
+    match crypt.verify_and_decrypt(msg_signature, timestamp, nonce, &encrypt) {
+        Ok(xml) => Ok((xml, Arc::clone(crypt))),
+        Err(e @ (CryptoError::Signature | CryptoError::AppIdMismatch { .. })) => {
+            Err((403, e.to_string()))
+        }
+        Err(e) => Err((400, e.to_string())),
     }
 }
 
@@ -403,11 +474,31 @@ fn route_safely(app: &App, msg: &Message) -> Route {
     })
 }
 
-fn render(reply: &Reply, msg: &Message) -> Answer {
+/// Writes the reply XML, encrypted when the request was (`success` stays plain: WeChat takes it
+/// as it is in every mode).
+fn render(reply: &Reply, msg: &Message, seal: Option<&MsgCrypt>) -> Answer {
+    let now = now_unix();
+    let xml = reply.render(&msg.from_user, &msg.to_user, now);
+    let body = match seal {
+        Some(crypt) if xml != "success" => {
+            match crypt.encrypt_reply(&xml, now, &crypto::random_nonce()) {
+                Ok(sealed) => sealed,
+                Err(e) => {
+                    error!(
+                        "cannot encrypt the reply to {}: {e}; answered success",
+                        msg.from_user
+                    );
+                    return Answer {
+                        body: "success".into(),
+                        kind: "success",
+                    };
+                }
+            }
+        }
+        _ => xml,
+    };
     Answer {
-        body: reply
-            .render(&msg.from_user, &msg.to_user, now_unix())
-            .into(),
+        body: body.into(),
         kind: reply.kind(),
     }
 }
@@ -430,7 +521,7 @@ fn log_answer(msg: &Message, answer: &Answer, ctx: &Ctx, note: &str) {
 fn first_try(app: &Arc<App>, req: Request, msg: Message, ticket: Ticket<Answer>, ctx: Ctx) {
     match route_safely(app, &msg) {
         Route::Now(reply) => {
-            let answer = render(&reply, &msg);
+            let answer = render(&reply, &msg, ctx.seal.as_deref());
             ticket.complete(answer.clone());
             log_answer(&msg, &answer, &ctx, "");
             respond_answer(req, &answer);
@@ -438,6 +529,7 @@ fn first_try(app: &Arc<App>, req: Request, msg: Message, ticket: Ticket<Answer>,
         Route::Later(job) => {
             let app2 = Arc::clone(app);
             let msg2 = msg.clone();
+            let seal = ctx.seal.clone();
             // The job completes the ticket; the request itself waits like a retry would.
             let spawned = thread::Builder::new()
                 .name("wxmp-job".into())
@@ -449,12 +541,12 @@ fn first_try(app: &Arc<App>, req: Request, msg: Message, ticket: Ticket<Answer>,
                         );
                         Reply::Success
                     });
-                    ticket.complete(render(&reply, &msg2));
+                    ticket.complete(render(&reply, &msg2, seal.as_deref()));
                     drop(app2);
                 });
             if let Err(e) = spawned {
                 error!("cannot start a job thread: {e}; answered success");
-                return respond_answer(req, &render(&Reply::Success, &msg));
+                return respond_answer(req, &render(&Reply::Success, &msg, None));
             }
             match app.dedup.claim(&msg.dedup_key()) {
                 Claim::Repeat(mut repeat) => {
@@ -465,7 +557,7 @@ fn first_try(app: &Arc<App>, req: Request, msg: Message, ticket: Ticket<Answer>,
                 Claim::First(t) => {
                     // Evicted already (table overflow): answer success rather than run twice.
                     drop(t);
-                    respond_answer(req, &render(&Reply::Success, &msg));
+                    respond_answer(req, &render(&Reply::Success, &msg, None));
                 }
             }
         }
@@ -501,7 +593,7 @@ fn answer_repeat(req: Request, msg: &Message, answer: Option<Answer>, ctx: &Ctx,
     } else {
         String::new()
     };
-    let answer = answer.unwrap_or_else(|| render(&Reply::Success, msg));
+    let answer = answer.unwrap_or_else(|| render(&Reply::Success, msg, None));
     log_answer(msg, &answer, ctx, &note);
     respond_answer(req, &answer);
 }
