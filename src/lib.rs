@@ -12,5 +12,6 @@ pub mod logging;
 pub mod message;
 pub mod reply;
 pub mod router;
+pub mod send;
 pub mod server;
 pub mod signature;

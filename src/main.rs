@@ -1,4 +1,4 @@
-//! The `wxmp` command: `serve` (the default), `check`.
+//! The `wxmp` command: `serve` (the default), `check`, `send`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +15,9 @@ wxmp: a WeChat Official Account message server
 USAGE:
     wxmp [serve] [--config FILE]    run the server (default: ./wxmp.toml; first run writes it)
     wxmp check [--config FILE]      validate the config file and print what it sets up
+    wxmp send [OPTIONS] TEXT        send the server a signed message as WeChat would, print
+                                    the reply (also --event, --image, --verify, --raw;
+                                    see `wxmp send --help`)
     wxmp --help | --version
 
 ENVIRONMENT:
@@ -216,6 +219,9 @@ fn check(path: &std::path::Path) -> ExitCode {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "send") {
+        return ExitCode::from(wxmp::send::run(&args[1..]));
+    }
     if args
         .iter()
         .any(|a| a == "--help" || a == "-h" || a == "help")
