@@ -1,0 +1,453 @@
+//! `wxmp send` against the real server and against tiny fake servers that answer badly.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// What `wxmp send` did.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+/// Runs `wxmp send ARGS` in `dir` with no WXMP_* variables, killing it after 20 s.
+fn send_in(dir: &Path, args: &[&str]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxmp"));
+    cmd.arg("send")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WXMP_") {
+            cmd.env_remove(k);
+        }
+    }
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("start wxmp send");
+    let deadline = start + Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("wxmp send {args:?} did not finish within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = start.elapsed();
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    Run {
+        code,
+        stdout,
+        stderr,
+        took,
+    }
+}
+
+/// Runs `wxmp send` in a fresh empty folder (no config file).
+fn send(args: &[&str]) -> Run {
+    send_in(&temp_dir("send"), args)
+}
+
+fn url_of(w: &Wxmp) -> String {
+    format!("http://{}/", w.addr)
+}
+
+#[test]
+fn text_round_trip_prints_the_default_reply() {
+    let w = Wxmp::start("");
+    let r = send(&["--url", &url_of(&w), "--token", TOKEN, "你好", "there"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, format!("{DEFAULT_REPLY}\n"));
+    assert!(w.wait_for_log("o_wxmp_send_user text \"你好 there\" -> text"));
+}
+
+#[test]
+fn url_and_token_come_from_the_config_file() {
+    let w = Wxmp::start("[reply]\ndefault = \"from the server\"");
+    // A config naming the running server's address as `listen`, with 0.0.0.0 for the host.
+    let dir = temp_dir("send-config");
+    std::fs::write(
+        dir.join("other.toml"),
+        format!(
+            "token = \"{TOKEN}\"\nlisten = \"0.0.0.0:{}\"\n",
+            w.addr.port()
+        ),
+    )
+    .unwrap();
+    let r = send_in(&dir, &["--config", "other.toml", "--from", "oCfg", "hi"]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "from the server\n"),
+        "{r:?}"
+    );
+    assert!(w.wait_for_log("oCfg text \"hi\""));
+    // Without --config, ./wxmp.toml is used.
+    std::fs::rename(dir.join("other.toml"), dir.join("wxmp.toml")).unwrap();
+    let r = send_in(&dir, &["hi"]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "from the server\n"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn verify_passes_with_the_right_token() {
+    let w = Wxmp::start("");
+    let r = send(&["--url", &url_of(&w), "--token", TOKEN, "--verify"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("echoed the echostr"), "{r:?}");
+    assert!(w.wait_for_log("URL verification passed"));
+}
+
+#[test]
+fn verify_with_a_wrong_token_fails_and_says_so() {
+    let w = Wxmp::start("");
+    let r = send(&["--url", &url_of(&w), "--token", "wrongToken1", "--verify"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("403"), "{r:?}");
+    assert!(r.stderr.contains("--token"), "{r:?}");
+    assert!(r.stdout.is_empty());
+}
+
+#[test]
+fn a_message_with_a_wrong_token_fails_too() {
+    let w = Wxmp::start("");
+    let r = send(&["--url", &url_of(&w), "--token", "wrongToken1", "hi"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("403 Forbidden"), "{r:?}");
+}
+
+#[test]
+fn subscribe_prints_the_welcome() {
+    let w = Wxmp::start("");
+    let r = send(&[
+        "--url",
+        &url_of(&w),
+        "--token",
+        TOKEN,
+        "--event",
+        "subscribe",
+    ]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, format!("{WELCOME}\n").as_str()),
+        "{r:?}"
+    );
+    assert!(w.wait_for_log("event/subscribe"));
+}
+
+#[test]
+fn a_click_answered_success_says_nothing_is_shown() {
+    let w = Wxmp::start("");
+    let args = ["--url", &url_of(&w), "--token", TOKEN, "--event", "CLICK"];
+    let r = send(&args);
+    assert_eq!(r.code, 2, "CLICK without --key is a usage error: {r:?}");
+    assert!(r.stderr.contains("--key"), "{r:?}");
+    let r = send(&[&args[..], &["--key", "MENU_1"]].concat());
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("shows the user nothing"), "{r:?}");
+    assert!(w.wait_for_log("event/CLICK \"CLICK MENU_1\""));
+}
+
+#[test]
+fn raw_prints_the_reply_xml() {
+    let w = Wxmp::start("");
+    let r = send(&[
+        "--url",
+        &url_of(&w),
+        "--token",
+        TOKEN,
+        "--raw",
+        "--from",
+        "oRaw",
+        "--to",
+        ACCOUNT,
+        "x",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let resp = Resp {
+        status: 200,
+        headers: vec![],
+        body: r.stdout.trim_end().to_string(),
+    };
+    assert_text_reply(&resp, "oRaw", DEFAULT_REPLY);
+}
+
+#[test]
+fn safe_mode_is_used_when_the_config_has_a_key() {
+    let w = Wxmp::start(&safe_mode_config());
+    let dir = temp_dir("send-safe");
+    std::fs::write(
+        dir.join("wxmp.toml"),
+        format!(
+            "token = \"{TOKEN}\"\nlisten = \"{}\"\n{}",
+            w.addr,
+            safe_mode_config()
+        ),
+    )
+    .unwrap();
+    let r = send_in(&dir, &["--from", "oSafe", "你好"]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, format!("{DEFAULT_REPLY}\n").as_str()),
+        "{r:?}"
+    );
+    let r = send_in(&dir, &["--from", "oSafe", "--raw", "again"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.starts_with("<xml><Encrypt>"), "{r:?}");
+    assert!(
+        r.stdout.contains(DEFAULT_REPLY),
+        "decrypted XML follows: {r:?}"
+    );
+    assert!(w.wait_for_log("oSafe text \"again\""));
+    // A wrong key: the server cannot open the message and says so with a 4xx.
+    std::fs::write(
+        dir.join("wxmp.toml"),
+        format!(
+            "token = \"{TOKEN}\"\nlisten = \"{}\"\napp_id = \"{SAMPLE_APP_ID}\"\n\
+             encoding_aes_key = \"{}\"\n",
+            w.addr,
+            "Z".repeat(43)
+        ),
+    )
+    .unwrap();
+    let r = send_in(&dir, &["hi"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("400") || r.stderr.contains("403"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn connection_refused_is_a_clear_error() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/");
+    let r = send(&["--url", &url, "--token", TOKEN, "hi"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("connection refused"), "{r:?}");
+    assert!(r.stderr.contains("Is wxmp running"), "{r:?}");
+}
+
+#[test]
+fn https_is_refused_with_a_curl_command_to_use_instead() {
+    let r = send(&[
+        "--url",
+        "https://example.com/wx/",
+        "--token",
+        TOKEN,
+        "--verify",
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("http:// only"), "{r:?}");
+    assert!(r.stderr.contains("curl -sS"), "{r:?}");
+    assert!(
+        r.stderr.contains("https://example.com/wx/?signature="),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn no_token_and_bad_command_lines_exit_2_or_1_with_advice() {
+    let r = send(&["--url", "http://127.0.0.1:1/", "hi"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("--token"), "{r:?}");
+    let r = send(&["--url", "http://127.0.0.1:1/"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("say what to send"), "{r:?}");
+    let r = send(&["--help"]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("--verify"));
+    let r = send(&["--config", "missing.toml", "hi"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("does not exist"), "{r:?}");
+}
+
+/// A one-connection server that reads the request, waits `delay`, then writes `answer` (an
+/// HTTP body, wrapped in a 200 response unless it already starts with `HTTP/`). The request
+/// (head and body) comes back through the channel.
+fn fake_server(answer: &str, delay: Duration) -> (SocketAddr, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = if answer.starts_with("HTTP/") {
+        answer.to_string()
+    } else {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+            answer.len()
+        )
+    };
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&raw).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    let _ = tx.send(text);
+                    break;
+                }
+            }
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+        std::thread::sleep(delay);
+        let _ = s.write_all(answer.as_bytes());
+    });
+    (addr, rx)
+}
+
+fn send_to_fake(answer: &str, delay: Duration, extra: &[&str]) -> (Run, String) {
+    let (addr, rx) = fake_server(answer, delay);
+    let url = format!("http://{addr}/wx/");
+    let args = [&["--url", url.as_str(), "--token", TOKEN][..], extra].concat();
+    let r = send(&args);
+    let request = rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+    (r, request)
+}
+
+#[test]
+fn the_request_is_the_one_wechat_would_send() {
+    let reply = "<xml><ToUserName><![CDATA[oReq]]></ToUserName><FromUserName><![CDATA[gh_x]]></FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[ok]]></Content></xml>";
+    let (r, request) = send_to_fake(
+        reply,
+        Duration::ZERO,
+        &["--from", "oReq", "--to", "gh_x", "a]]>b"],
+    );
+    assert_eq!((r.code, r.stdout.as_str()), (0, "ok\n"), "{r:?}");
+    let (head, body) = request.split_once("\r\n\r\n").expect("a request");
+    let line = head.lines().next().unwrap();
+    assert!(line.starts_with("POST /wx/?signature="), "{line}");
+    assert!(line.ends_with(" HTTP/1.1"), "{line}");
+    assert!(head.contains("\r\nConnection: close"), "{head}");
+    let target = line.split(' ').nth(1).unwrap();
+    let query = wxmp::server::Query::parse(target.split_once('?').unwrap().1);
+    let (ts, nonce) = (query.get("timestamp").unwrap(), query.get("nonce").unwrap());
+    assert!(wxmp::signature::verify(
+        TOKEN,
+        ts,
+        nonce,
+        query.get("signature").unwrap()
+    ));
+    assert_eq!(query.get("openid"), Some("oReq"));
+    let msg = wxmp::message::parse(body).expect("WeChat-style XML");
+    assert_eq!(msg.field("Content"), Some("a]]>b"));
+    assert_eq!(
+        (msg.from_user.as_str(), msg.to_user.as_str()),
+        ("oReq", "gh_x")
+    );
+    assert!(msg
+        .field("MsgId")
+        .is_some_and(|id| id.parse::<u64>().is_ok()));
+}
+
+#[test]
+fn a_non_xml_reply_fails() {
+    let (r, _) = send_to_fake("hello there", Duration::ZERO, &["hi"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("not XML"), "{r:?}");
+    assert!(r.stderr.contains("该公众号暂时无法提供服务"), "{r:?}");
+}
+
+#[test]
+fn a_malformed_xml_reply_fails() {
+    let (r, _) = send_to_fake("<xml><Content>unclosed</xml>", Duration::ZERO, &["hi"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("malformed XML"), "{r:?}");
+}
+
+#[test]
+fn an_empty_text_content_fails() {
+    let reply = format!(
+        "<xml><ToUserName><![CDATA[o_wxmp_send_user]]></ToUserName><FromUserName><![CDATA[gh_wxmp_send]]></FromUserName><CreateTime>{}</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[]]></Content></xml>",
+        now()
+    );
+    let (r, _) = send_to_fake(&reply, Duration::ZERO, &["hi"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("empty Content"), "{r:?}");
+    // The same reply with text in it passes: the check is about the content.
+    let good = reply.replace("<![CDATA[]]></Content>", "<![CDATA[x]]></Content>");
+    let (r, _) = send_to_fake(&good, Duration::ZERO, &["hi"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "x\n"), "{r:?}");
+}
+
+#[test]
+fn a_server_error_page_fails() {
+    let (r, _) = send_to_fake(
+        "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 11\r\n\r\nbad gateway",
+        Duration::ZERO,
+        &["hi"],
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("502"), "{r:?}");
+}
+
+#[test]
+fn a_reply_slower_than_the_timeout_fails_in_time() {
+    let (r, _) = send_to_fake("success", Duration::from_secs(4), &["--timeout", "1", "hi"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("within 1 s"), "{r:?}");
+    assert!(
+        r.took < Duration::from_millis(3500),
+        "gave up in time: {r:?}"
+    );
+    assert!(
+        r.took >= Duration::from_millis(900),
+        "waited the timeout: {r:?}"
+    );
+}
+
+#[test]
+fn a_reply_within_the_timeout_is_waited_for() {
+    let (r, _) = send_to_fake(
+        "success",
+        Duration::from_millis(700),
+        &["--timeout", "3", "hi"],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+}
