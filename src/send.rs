@@ -785,6 +785,13 @@ fn check_status(resp: &Response, url: &str) -> Result<(), String> {
              here is not the server's: pass --token, or --config with the server's wxmp.toml \
              (in safe mode, also check app_id and encoding_aes_key)"
         )),
+        301 | 302 | 303 | 307 | 308 => Err(format!(
+            "{} {} from {url} to {}: WeChat does not follow redirects. Use the final URL \
+             (https://, or the trailing slash) in --url and in WeChat's 基本配置",
+            resp.status,
+            resp.reason,
+            resp.header("Location").unwrap_or("?")
+        )),
         404 => Err(format!(
             "404 Not Found from {url}: nothing answers this path. Check --url against `path` in \
              wxmp.toml and the nginx location (/wx/ is proxied to wxmp's /)"
@@ -1476,6 +1483,7 @@ mod tests {
         for (status, body, needle) in [
             (403, "forbidden".to_string(), "--token"),
             (404, "nf".to_string(), "path"),
+            (301, "moved".to_string(), "redirects"),
             (502, "bad gateway".to_string(), "proxy"),
             (500, "boom".to_string(), "500"),
             (200, "hello".to_string(), "not XML"),
