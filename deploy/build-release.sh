@@ -5,6 +5,7 @@
 #   deploy/build-release.sh          static musl build (no glibc needed at all); if the musl
 #                                    target cannot be had, a glibc 2.17 build with cargo-zigbuild
 #   deploy/build-release.sh --zig    the glibc 2.17 build with cargo-zigbuild directly
+#   deploy/build-release.sh --check FILE   only the check, on an existing binary
 #
 # The musl route needs `rustup target add x86_64-unknown-linux-musl` (done here; Rust ships the
 # musl C library, musl-tools is not needed). The zig route installs what it needs: cargo-zigbuild
@@ -44,16 +45,22 @@ build_zig() {
   cp "target/$GNU/release/wxmp" "$OUT"
 }
 
-mkdir -p dist
-rm -f "$OUT"
 start=$SECONDS
-if [ "${1:-}" = "--zig" ]; then
-  build_zig
-elif ! build_musl; then
-  say "the musl build failed (see above); falling back to cargo-zigbuild"
-  build_zig
+verb=built
+if [ "${1:-}" = "--check" ]; then
+  verb=checked
+  OUT=${2:?--check needs a binary}
+else
+  mkdir -p dist
+  rm -f "$OUT"
+  if [ "${1:-}" = "--zig" ]; then
+    build_zig
+  elif ! build_musl; then
+    say "the musl build failed (see above); falling back to cargo-zigbuild"
+    build_zig
+  fi
+  command -v strip >/dev/null 2>&1 && strip "$OUT"
 fi
-command -v strip >/dev/null 2>&1 && strip "$OUT"
 
 # The check: which glibc does the binary need?
 command -v readelf >/dev/null 2>&1 || die "readelf is missing: install binutils to check $OUT"
@@ -69,9 +76,10 @@ Build with --zig (cargo zigbuild --target $GNU.$MAX_GLIBC)"
   fi
   glibc="GLIBC_$glibc (at most $MAX_GLIBC: OK)"
 fi
-"./$OUT" --version >/dev/null || die "$OUT does not run here"
+"$(cd "$(dirname "$OUT")" && pwd)/$(basename "$OUT")" --version >/dev/null ||
+  die "$OUT does not run here"
 
-echo "built $OUT in $((SECONDS - start)) s"
+echo "$verb $OUT in $((SECONDS - start)) s"
 echo "  size:  $(du -h "$OUT" | cut -f1)"
 echo "  glibc: $glibc"
 echo "  $(file -b "$OUT" 2>/dev/null || true)"
