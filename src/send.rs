@@ -738,6 +738,11 @@ pub fn exchange(url: &Url, req: &Request, timeout: Duration) -> Result<Response,
             Ok(0) => break,
             Ok(n) => {
                 raw.extend_from_slice(&buf[..n]);
+                // A server that keeps the connection open despite `Connection: close` has
+                // still answered once the announced body is complete.
+                if is_complete(&raw) {
+                    break;
+                }
                 if raw.len() > MAX_RESPONSE {
                     return Err(format!(
                         "the answer from {shown} is over {} KiB; WeChat's replies are a few KiB",
@@ -753,6 +758,23 @@ pub fn exchange(url: &Url, req: &Request, timeout: Duration) -> Result<Response,
         }
     }
     parse_http_response(&raw)
+}
+
+/// Whether `raw` holds a whole response by its own framing (`Content-Length` or the last chunk);
+/// a response without either ends when the connection closes.
+fn is_complete(raw: &[u8]) -> bool {
+    let Some(head_end) = find(raw, b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    let body = &raw[head_end + 4..];
+    if head.contains("\r\ntransfer-encoding:") && head.contains("chunked") {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    head.split("\r\n")
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|len| body.len() >= len)
 }
 
 fn human(d: Duration) -> String {
@@ -1595,6 +1617,21 @@ mod tests {
             let e = parse_http_response(raw).unwrap_err();
             assert!(e.contains(needle), "{e}");
         }
+    }
+
+    #[test]
+    fn complete_responses_are_recognised_without_a_close() {
+        assert!(is_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        ));
+        assert!(!is_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok"
+        ));
+        assert!(!is_complete(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"));
+        assert!(!is_complete(b"HTTP/1.1 200 OK\r\n\r\nok"));
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n";
+        assert!(!is_complete(chunked));
+        assert!(is_complete(&[&chunked[..], b"0\r\n\r\n"].concat()));
     }
 
     #[test]

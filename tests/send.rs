@@ -297,6 +297,15 @@ fn no_token_and_bad_command_lines_exit_2_or_1_with_advice() {
 /// HTTP body, wrapped in a 200 response unless it already starts with `HTTP/`). The request
 /// (head and body) comes back through the channel.
 fn fake_server(answer: &str, delay: Duration) -> (SocketAddr, mpsc::Receiver<String>) {
+    fake_server_holding(answer, delay, Duration::ZERO)
+}
+
+/// Like [`fake_server`], but keeps the connection open for `hold` after answering.
+fn fake_server_holding(
+    answer: &str,
+    delay: Duration,
+    hold: Duration,
+) -> (SocketAddr, mpsc::Receiver<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let answer = if answer.starts_with("HTTP/") {
@@ -338,6 +347,7 @@ fn fake_server(answer: &str, delay: Duration) -> (SocketAddr, mpsc::Receiver<Str
         }
         std::thread::sleep(delay);
         let _ = s.write_all(answer.as_bytes());
+        std::thread::sleep(hold);
     });
     (addr, rx)
 }
@@ -450,4 +460,20 @@ fn a_reply_within_the_timeout_is_waited_for() {
         &["--timeout", "3", "hi"],
     );
     assert_eq!(r.code, 0, "{r:?}");
+}
+
+#[test]
+fn an_answer_on_a_connection_left_open_is_taken_at_once() {
+    let reply = format!(
+        "<xml><ToUserName><![CDATA[o_wxmp_send_user]]></ToUserName><FromUserName><![CDATA[gh_wxmp_send]]></FromUserName><CreateTime>{}</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[kept open]]></Content></xml>",
+        now()
+    );
+    let (addr, _rx) = fake_server_holding(&reply, Duration::ZERO, Duration::from_secs(4));
+    let url = format!("http://{addr}/");
+    let r = send(&["--url", &url, "--token", TOKEN, "--timeout", "3", "hi"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "kept open\n"), "{r:?}");
+    assert!(
+        r.took < Duration::from_secs(2),
+        "did not wait for the close: {r:?}"
+    );
 }
