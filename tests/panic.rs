@@ -27,10 +27,12 @@ impl Handler for Fragile {
 }
 
 fn start() -> Server {
-    let mut config = Config::default();
-    config.token = TOKEN.into();
-    config.listen = "127.0.0.1:0".into();
-    config.workers = 2;
+    let config = Config {
+        token: TOKEN.into(),
+        listen: "127.0.0.1:0".into(),
+        workers: 2,
+        ..Config::default()
+    };
     Server::start(config, Arc::new(Fragile)).expect("server starts")
 }
 
