@@ -14,3 +14,4 @@ pub mod reply;
 pub mod router;
 pub mod server;
 pub mod signature;
+pub mod watchdog;
