@@ -394,22 +394,24 @@ impl Conn {
         }
     }
 
-    /// True if the peer has closed (or reset) the connection; false if it is still open.
-    /// Does not consume response bytes other than to detect EOF.
-    pub fn peer_closed(&self) -> bool {
+    /// True if the server has given up on this connection: it closed or reset it, or sent
+    /// bytes we did not ask for yet (an error response such as 408, 431 or 503). False if the
+    /// connection is open and silent. Does not block and consumes nothing.
+    pub fn peer_gave_up(&self) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return true;
+        }
         let stream = self.reader.get_ref();
         if stream.set_nonblocking(true).is_err() {
             return true;
         }
         let mut buf = [0u8; 1];
-        let closed = match stream.peek(&mut buf) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-            Err(_) => true,
+        let gave_up = match stream.peek(&mut buf) {
+            Ok(_) => true,
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
         };
         let _ = stream.set_nonblocking(false);
-        closed
+        gave_up
     }
 }
 

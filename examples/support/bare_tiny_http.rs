@@ -39,6 +39,17 @@ impl BareServer {
     /// Binds `addr` (e.g. `127.0.0.1:0`) and starts `threads` workers in a `recv()` loop.
     pub fn start(addr: impl ToSocketAddrs, threads: usize) -> std::io::Result<BareServer> {
         let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
+        BareServer::from_server(server, threads, true)
+    }
+
+    /// Runs `threads` workers on an existing tiny_http server. With `read_body` false the
+    /// workers answer `403` without reading the request body, as a handler that rejects a
+    /// request on its query string alone (e.g. a bad signature) would.
+    pub fn from_server(
+        server: tiny_http::Server,
+        threads: usize,
+        read_body: bool,
+    ) -> std::io::Result<BareServer> {
         let addr = server
             .server_addr()
             .to_ip()
@@ -53,7 +64,7 @@ impl BareServer {
                 let stats = Arc::clone(&stats);
                 thread::Builder::new()
                     .name(format!("bare-worker-{i}"))
-                    .spawn(move || worker(&server, &stop, &stats))
+                    .spawn(move || worker(&server, &stop, &stats, read_body))
                     .expect("spawn worker")
             })
             .collect();
@@ -89,7 +100,7 @@ impl Drop for BareServer {
 }
 
 /// The plain recv loop: read the whole body, answer with the fixed reply.
-fn worker(server: &tiny_http::Server, stop: &AtomicBool, stats: &Stats) {
+fn worker(server: &tiny_http::Server, stop: &AtomicBool, stats: &Stats, read_body: bool) {
     let xml = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/xml; charset=utf-8"[..])
         .expect("static header");
     while !stop.load(Ordering::SeqCst) {
@@ -105,6 +116,11 @@ fn worker(server: &tiny_http::Server, stop: &AtomicBool, stats: &Stats) {
                 continue;
             }
         };
+        if !read_body {
+            let _ = rq.respond(tiny_http::Response::empty(403));
+            stats.answered.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let mut body = Vec::new();
         let _ = rq.as_reader().read_to_end(&mut body);
         let response = if *rq.method() == tiny_http::Method::Post {
