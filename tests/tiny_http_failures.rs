@@ -13,6 +13,8 @@
 //! | 2    | [`many_headers`]`(addr, n)`                         | no cap on the number of header lines |
 //! | 3    | [`slow_bodies`]`(addr, slow, probe_timeout)`        | slow bodies pin the `recv()` workers |
 //! | 4    | [`fd_exhaustion`]`(addr, pid, open, probes)`        | at the fd limit accepting stops forever |
+//! | 2    | [`listener_timeout_idle`]`(addr, pid, idle)`        | the listener-timeout workaround kills accept |
+//! | 5    | [`huge_content_length`]`(addr, pid, hang_up)`       | one huge `Content-Length` aborts the process |
 //!
 //! Scenarios only take an address (and, where they observe the server's threads, memory or
 //! liveness, its pid), so they work the same on any server. Modes 1 and 3 run the bare server
@@ -923,10 +925,11 @@ fn mode2_listener_timeout_workaround_kills_accept() {
 // Extra (mode 5): a huge Content-Length aborts the process when the body is not read.
 // ---------------------------------------------------------------------------------------------
 
-/// What [`huge_content_length_unread`] measured.
+/// What [`huge_content_length`] measured.
 #[derive(Debug, Clone)]
 pub struct HugeContentLengthOutcome {
-    /// The answer to the request with the huge `Content-Length`.
+    /// The answer to the request with the huge `Content-Length` (`TimedOut` or `Refused` when
+    /// we hung up without waiting).
     pub answer: Probe,
     /// Whether the server process was alive 2 s later.
     pub alive_after: bool,
@@ -935,14 +938,21 @@ pub struct HugeContentLengthOutcome {
 }
 
 /// Scenario: one signed POST announcing `Content-Length: 99999999999999` (~100 TB) with 5 bytes
-/// of body; then liveness and a normal request.
-pub fn huge_content_length_unread(addr: SocketAddr, pid: u32) -> HugeContentLengthOutcome {
+/// of body. With `hang_up` the client closes the connection 300 ms later instead of waiting
+/// for an answer. Then: is the server alive, and does it answer a normal request?
+pub fn huge_content_length(addr: SocketAddr, pid: u32, hang_up: bool) -> HugeContentLengthOutcome {
+    let head = format!("{}\r\n<xml>", signed_head(addr, 99_999_999_999_999));
     let answer = match Conn::connect(addr, Duration::from_secs(3)).and_then(|mut c| {
-        c.send(format!("{}\r\n<xml>", signed_head(addr, 99_999_999_999_999)).as_bytes())?;
+        c.send(head.as_bytes())?;
+        if hang_up {
+            thread::sleep(Duration::from_millis(300));
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "hung up"));
+        }
         c.recv()
     }) {
         Ok(r) => Probe::Answered(r.status),
         Err(e) if wxhttp::is_timeout(&e) => Probe::TimedOut,
+        Err(e) if hang_up && e.kind() == io::ErrorKind::ConnectionAborted => Probe::Refused,
         Err(e) => Probe::Failed(e.to_string()),
     };
     let died = wait_until(Duration::from_secs(2), || !alive(pid));
@@ -954,8 +964,8 @@ pub fn huge_content_length_unread(addr: SocketAddr, pid: u32) -> HugeContentLeng
     }
 }
 
-/// Extra mode 5: a handler that rejects a request without reading its body (as wxmp does for
-/// a bad signature) lets tiny_http drain the body when the `Request` is dropped, and
+/// Extra mode 5 (a): a handler that rejects a request without reading its body (as wxmp does
+/// for a bad signature) lets tiny_http drain the body when the `Request` is dropped, and
 /// `EqualReader::drop` (`util/equal_reader.rs:70`) allocates `vec![0; remaining]` up front:
 /// one request with `Content-Length: 99999999999999` aborts the whole process ("memory
 /// allocation of 99999999999999 bytes failed").
@@ -963,9 +973,9 @@ pub fn huge_content_length_unread(addr: SocketAddr, pid: u32) -> HugeContentLeng
 fn mode5_huge_content_length_unread_body_aborts_process() {
     let _g = serial();
     let server = ChildServer::variant("bare-noread", None, 60);
-    let out = huge_content_length_unread(server.addr, server.pid());
+    let out = huge_content_length(server.addr, server.pid(), false);
     let stderr = server.stderr();
-    eprintln!("mode 5: {out:?}\nchild stderr:\n{stderr}");
+    eprintln!("mode 5 (handler does not read the body): {out:?}\nchild stderr:\n{stderr}");
     assert!(
         !out.alive_after,
         "the server process must have died: {out:?}"
@@ -974,5 +984,23 @@ fn mode5_huge_content_length_unread_body_aborts_process() {
         stderr.contains("memory allocation of 99999999999999 bytes failed"),
         "{stderr}"
     );
+    assert_eq!(out.probe_after, Probe::Refused, "{out:?}");
+}
+
+/// Extra mode 5 (b): reading the body does not help. The bare server's `read_to_end` blocks
+/// until the client hangs up; at EOF tiny_http's `FusedReader` drops the `EqualReader`, whose
+/// drop allocates the ~100 TB still missing: the process aborts.
+#[test]
+fn mode5_huge_content_length_client_hang_up_aborts_reading_server() {
+    let _g = serial();
+    let server = ChildServer::bare(None, 60);
+    let out = huge_content_length(server.addr, server.pid(), true);
+    let stderr = server.stderr();
+    eprintln!("mode 5 (handler reads the body, client hangs up): {out:?}\nchild stderr:\n{stderr}");
+    assert!(
+        !out.alive_after,
+        "the server process must have died: {out:?}"
+    );
+    assert!(stderr.contains("memory allocation of"), "{stderr}");
     assert_eq!(out.probe_after, Probe::Refused, "{out:?}");
 }
