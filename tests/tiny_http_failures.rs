@@ -444,14 +444,15 @@ pub fn keepalive_burst(addr: SocketAddr, connections: usize, wait: Duration) -> 
 /// wait until some connection closes.
 ///
 /// The race needs the accept thread to outrun the woken pool threads, so one burst does not
-/// always strand a connection; the test tries up to 10 cold servers and asserts that at least
-/// one burst had connections left unanswered for 2 s. Observed on the 2-core dev machine:
-/// see `docs/tiny_http-upstream.md`.
+/// always strand a connection; the test tries up to 4 cold servers (at most ~9 s) and asserts
+/// that at least one burst had connections left unanswered for 2 s. On the 2-core dev machine
+/// 54 of 60 single bursts stranded some (`mode1_statistics`), so 4 misses in a row are a
+/// 1-in-10 000 event; see `docs/tiny_http-upstream.md`.
 #[test]
 fn mode1_keepalive_burst_strands_connections() {
     let _g = serial();
     let mut seen = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..4 {
         let server = bare_in_process();
         // Cold: let the pool's 4 initial threads go idle first.
         thread::sleep(Duration::from_millis(200));
