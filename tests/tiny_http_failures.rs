@@ -17,11 +17,12 @@
 //! | 5    | [`huge_content_length`]`(addr, pid, hang_up)`       | one huge `Content-Length` aborts the process |
 //!
 //! Scenarios only take an address (and, where they observe the server's threads, memory or
-//! liveness, its pid), so they work the same on any server. Modes 1 and 3 run the bare server
-//! in this process; modes 2 and 4 run it in a child process (this test binary re-executed with
-//! `TINY_HTTP_FAILURES_CHILD=bare`, see [`ChildServer`]) so its thread count and RSS are not
-//! mixed with the test harness's, and so the fd limit can be lowered for it alone.
-//! [`ChildServer::spawn_command`] starts any server binary the same way (e.g. wxmp).
+//! liveness, its pid), so they work the same on any server. Modes 1 and 3 and the header-count
+//! test run the bare server in this process; the others run it in a child process (this test
+//! binary re-executed with `TINY_HTTP_FAILURES_CHILD=bare...`, see [`ChildServer`]) so its
+//! thread count and RSS are not mixed with the test harness's, the fd limit can be lowered for
+//! it alone, and an abort kills only it. [`ChildServer::spawn_command`] starts any server
+//! binary the same way (e.g. wxmp, if it prints `LISTENING <addr>` on stdout once listening).
 //!
 //! Default-run tests take a few seconds each. Heavy or long ones are `#[ignore]`d:
 //! `cargo test --test tiny_http_failures -- --ignored --test-threads=1`.
