@@ -15,3 +15,4 @@ pub mod router;
 pub mod send;
 pub mod server;
 pub mod signature;
+pub mod watchdog;

@@ -70,6 +70,8 @@ struct App {
     handler: RwLock<Arc<dyn Handler>>,
     dedup: Dedup<Answer>,
     stopping: AtomicBool,
+    /// Why the server can no longer serve (its accept loop ended); `wxmp serve` exits on it.
+    fatal: std::sync::Mutex<Option<String>>,
     /// Requests handed to their own threads and not yet answered.
     detached: AtomicUsize,
 }
@@ -98,6 +100,7 @@ impl Server {
             handler: RwLock::new(handler),
             dedup: Dedup::default(),
             stopping: AtomicBool::new(false),
+            fatal: std::sync::Mutex::new(None),
             detached: AtomicUsize::new(0),
         });
         let mut workers = Vec::with_capacity(workers_n);
@@ -138,6 +141,15 @@ impl Server {
         Ok(())
     }
 
+    /// Why the server can no longer take connections, once that has happened.
+    pub fn fatal(&self) -> Option<String> {
+        self.app
+            .fatal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Stops taking requests, answers those already received, and waits up to `grace` for
     /// requests still being worked on.
     pub fn shutdown(self, grace: Duration) {
@@ -170,8 +182,12 @@ fn recv_loop(app: &Arc<App>, http: &tiny_http::Server) {
             Ok(Some(req)) => handle(app, req),
             Ok(None) => {}
             Err(e) => {
-                error!("accepting a request failed: {e}");
-                thread::sleep(Duration::from_millis(50));
+                // tiny_http reports an accept error once and then ends its accept loop: no
+                // connection will ever be taken again, so the process must be restarted.
+                let why = format!("the accept loop ended: {e}");
+                error!("{why}");
+                *app.fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+                return;
             }
         }
     }

@@ -289,14 +289,17 @@ pub fn parse_response(raw: &[u8]) -> Resp {
 }
 
 /// Builds an inbound message: `<xml>` with the common fields then `fields` (values in CDATA
-/// unless they are numbers).
+/// unless they are numbers; an empty name inserts the value as raw XML).
 pub fn msg(from: &str, msg_type: &str, fields: &[(&str, &str)]) -> String {
     let mut x = format!(
         "<xml><ToUserName><![CDATA[{ACCOUNT}]]></ToUserName><FromUserName><![CDATA[{from}]]></FromUserName><CreateTime>{}</CreateTime><MsgType><![CDATA[{msg_type}]]></MsgType>",
         now()
     );
     for (k, v) in fields {
-        if v.starts_with('<') || v.parse::<f64>().is_ok() {
+        if k.is_empty() {
+            // Raw XML: nested elements such as ScanCodeInfo.
+            x.push_str(v);
+        } else if v.parse::<f64>().is_ok() {
             x.push_str(&format!("<{k}>{v}</{k}>"));
         } else {
             x.push_str(&format!("<{k}><![CDATA[{v}]]></{k}>"));
