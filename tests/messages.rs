@@ -4,19 +4,28 @@
 
 mod common;
 use common::*;
-use std::sync::OnceLock;
 use wxmp::message::{parse, Event, Kind, SendPicsInfo};
 
-/// One server for the whole file: each test sends its own message.
-fn server() -> &'static Wxmp {
-    static W: OnceLock<Wxmp> = OnceLock::new();
-    W.get_or_init(|| Wxmp::start(""))
+thread_local! {
+    /// One server per test (a test runs on one thread), stopped when the test ends: a server in a
+    /// static would outlive the test process as an orphan.
+    static SERVER: Wxmp = Wxmp::start("");
+}
+
+/// Sends `xml` to this test's server.
+fn post(xml: &str) -> Resp {
+    SERVER.with(|w| w.post_signed(xml))
+}
+
+/// Waits for `needle` in this test's server log.
+fn logged(needle: &str) -> bool {
+    SERVER.with(|w| w.wait_for_log(needle))
 }
 
 /// Parses `xml` with the library, and sends it to the server; returns the typed kind and reply.
 fn converse(xml: &str) -> (Kind, Resp) {
     let kind = parse(xml).expect("parses").kind;
-    (kind, server().post_signed(xml))
+    (kind, post(xml))
 }
 
 fn assert_success(r: &Resp) {
@@ -180,7 +189,7 @@ fn location() {
         }
     );
     assert_text_reply(&r, "oLoc", DEFAULT_REPLY);
-    assert!(server().wait_for_log("oLoc location \"23.134521,113.358803 广州\""));
+    assert!(logged("oLoc location \"23.134521,113.358803 广州\""));
 }
 
 #[test]
@@ -248,7 +257,7 @@ fn unknown_msg_type_is_kept_not_refused() {
         }
     );
     assert_eq!(m.field("Depth"), Some("3"));
-    assert_text_reply(&server().post_signed(&xml), "oNew", DEFAULT_REPLY);
+    assert_text_reply(&post(&xml), "oNew", DEFAULT_REPLY);
 }
 
 #[test]
@@ -346,7 +355,7 @@ fn event_click() {
         })
     );
     assert_success(&r);
-    assert!(server().wait_for_log("oClick event/CLICK \"CLICK TODAY\" -> success"));
+    assert!(logged("oClick event/CLICK \"CLICK TODAY\" -> success"));
 }
 
 #[test]
@@ -589,5 +598,5 @@ fn unknown_event_is_kept_not_refused() {
         })
     );
     assert_eq!(m.field("Extra"), Some("e"));
-    assert_success(&server().post_signed(&xml));
+    assert_success(&post(&xml));
 }
