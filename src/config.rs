@@ -31,6 +31,12 @@ pub struct Config {
     /// Built-in replies.
     #[serde(default)]
     pub reply: ReplyConfig,
+    /// Openids allowed to run `admin = true` commands.
+    #[serde(default)]
+    pub admins: Vec<String>,
+    /// The `[[command]]` tables as written; [`crate::command::parse_commands`] checks them.
+    #[serde(default, rename = "command")]
+    pub commands: Vec<toml::Table>,
     /// Where this configuration was read from (`None` for built-in defaults); relative paths in
     /// commands are resolved against its folder.
     #[serde(skip)]
@@ -156,6 +162,8 @@ impl Default for Config {
             workers: default_workers(),
             log: LogConfig::default(),
             reply: ReplyConfig::default(),
+            admins: Vec::new(),
+            commands: Vec::new(),
             source: None,
         }
     }
