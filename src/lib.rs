@@ -14,6 +14,7 @@ pub mod dedup;
 pub mod exec;
 pub mod logging;
 pub mod message;
+pub mod pending;
 pub mod reply;
 pub mod router;
 pub mod server;
