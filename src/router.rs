@@ -268,6 +268,15 @@ impl Router {
 /// The text of a `file` command: the file's text trimmed, or [`NO_DATA`] (with a log line) when
 /// it is missing, unreadable or empty. Read at each request: nothing is cached.
 fn read_data(c: &Command, path: &Path) -> String {
+    // Only regular files: opening a FIFO or a device could block the recv loop.
+    if path.metadata().is_ok_and(|m| !m.is_file()) {
+        error!(
+            "command #{}: {} is not a regular file; answered {NO_DATA}",
+            c.index,
+            path.display()
+        );
+        return NO_DATA.to_string();
+    }
     let mut bytes = Vec::new();
     let read =
         std::fs::File::open(path).and_then(|f| f.take(FILE_READ_LIMIT).read_to_end(&mut bytes));

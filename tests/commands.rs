@@ -239,9 +239,16 @@ fn file_is_read_at_each_request_relative_to_the_config_folder() {
     let site = Site::new("cmd-file");
     site.write(
         "conf/wxmp.toml",
-        &config_text("[[command]]\nname = \"新闻\"\nfile = \"data/news.txt\""),
+        &config_text(
+            "[[command]]\nname = \"新闻\"\nfile = \"data/news.txt\"\n[[command]]\nname = \"管道\"\nfile = \"data/pipe\"",
+        ),
     );
     std::fs::create_dir_all(site.path("conf/data")).unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(site.path("conf/data/pipe"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
     let w = Wxmp::start_in(&site.dir, &["serve", "--config", "conf/wxmp.toml"], &[]);
     assert_eq!(say(&w, "oA", "新闻"), "暂无数据");
     assert!(w.wait_for_log("news.txt does not exist yet"));
@@ -252,6 +259,11 @@ fn file_is_read_at_each_request_relative_to_the_config_folder() {
     assert_eq!(say(&w, "oA", "新闻"), "更新后的新闻");
     site.write("conf/data/news.txt", "   ");
     assert_eq!(say(&w, "oA", "新闻"), "暂无数据");
+    // A FIFO would block whoever opens it: it is refused, not read.
+    let t = Instant::now();
+    assert_eq!(say(&w, "oA", "管道"), "暂无数据");
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert!(w.wait_for_log("not a regular file"));
 }
 
 #[test]
