@@ -9,7 +9,7 @@ use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -23,6 +23,9 @@ pub const OUTPUT_CAP: usize = 1 << 20;
 pub const MAX_RUNNING: usize = 32;
 
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// Set by [`stop_all`]: running programs are killed and new ones refused.
+static STOPPING: AtomicBool = AtomicBool::new(false);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -52,6 +55,8 @@ pub enum Status {
     NotStarted(String),
     /// [`MAX_RUNNING`] programs were already running.
     Busy,
+    /// The server is stopping ([`stop_all`]): the process group was killed, or never started.
+    Stopped,
 }
 
 /// The result of [`run`].
@@ -99,6 +104,17 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         RUNNING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Kills the process group of every running program (within a few milliseconds, each run's own
+/// thread does it) and refuses new ones: for shutdown, so no program outlives the server
+/// unsupervised. Returns once none runs, or after `wait`.
+pub fn stop_all(wait: Duration) {
+    STOPPING.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + wait;
+    while running() > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -167,6 +183,9 @@ fn status_of(s: ExitStatus) -> Status {
 /// Never panics; every failure is a [`Status`].
 pub fn run(job: &Job) -> Output {
     let start = Instant::now();
+    if STOPPING.load(Ordering::SeqCst) {
+        return Output::failed(Status::Stopped, start);
+    }
     let Some(_slot) = Slot::take() else {
         return Output::failed(Status::Busy, start);
     };
@@ -213,6 +232,11 @@ pub fn run(job: &Job) -> Output {
                 let _ = child.wait();
                 break Status::NotStarted(format!("wait failed: {e}"));
             }
+        }
+        if STOPPING.load(Ordering::SeqCst) {
+            kill_group(pgid);
+            let _ = child.wait();
+            break Status::Stopped;
         }
         let now = Instant::now();
         if now >= deadline {

@@ -363,6 +363,10 @@ fn exec_reply(label: &str, openid: &str, job: &exec::Job, out: &exec::Output) ->
             error!("{label} for {openid}: cannot start: {why}");
             "指令无法启动，请管理员查看日志".to_string()
         }
+        Status::Stopped => {
+            warn!("{label} for {openid}: stopped because the server is stopping");
+            "服务正在重启，指令已停止，请稍后再试".to_string()
+        }
         Status::Busy => {
             warn!(
                 "{label} for {openid}: {} programs already running; refused",

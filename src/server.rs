@@ -151,6 +151,8 @@ impl Server {
         if left > 0 {
             warn!("shutdown: {left} slow request(s) still running after {grace:?}, leaving them");
         }
+        // No command's program outlives the server: its timeout would no longer be enforced.
+        crate::exec::stop_all(Duration::from_millis(500));
     }
 }
 

@@ -720,6 +720,29 @@ fn ten_slow_commands_do_not_delay_anyone_else() {
     }
 }
 
+#[test]
+fn sigterm_kills_running_programs_instead_of_leaving_them() {
+    let site = Site::new("cmd-term");
+    site.script(
+        "hang.sh",
+        "sleep 30 &\necho $! > grandchild.pid\necho $$ > child.pid\nsleep 30",
+    );
+    let w = site.serve("[[command]]\nname = \"挂\"\nexec = [\"./hang.sh\"]\ntimeout = 14");
+    assert!(post_within(&w, &text("oK", "挂"), Duration::from_millis(300)).is_none());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while site.read("grandchild.pid").trim().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (child, grandchild) = (site.read("child.pid"), site.read("grandchild.pid"));
+    assert!(!dead(child.trim()), "running before the stop");
+    assert_eq!(w.terminate().code(), Some(0));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !(dead(child.trim()) && dead(grandchild.trim())) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(dead(child.trim()) && dead(grandchild.trim()));
+}
+
 // ---------------------------------------------------------------- reload and check
 
 #[test]
