@@ -627,7 +627,7 @@ fn parse_action(key: &str, c: &mut Check, base_dir: &Path) -> Option<Action> {
         "reply" => Some(Action::Reply(c.text("reply")?)),
         "file" => {
             let file = c.text("file")?;
-            let path = base_dir.join(file.trim());
+            let path = base_dir.join(file.trim()).components().collect::<PathBuf>();
             if path.is_dir() {
                 c.err(
                     "file",
@@ -881,7 +881,7 @@ pub fn find_program(program: &str, base_dir: &Path) -> Result<PathBuf, String> {
             .unwrap_or(false)
     };
     if program.contains('/') {
-        let path = base_dir.join(program);
+        let path = base_dir.join(program).components().collect::<PathBuf>();
         if !path.exists() {
             return Err(format!("program {} does not exist", path.display()));
         }
