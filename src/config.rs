@@ -25,6 +25,12 @@ pub struct Config {
     /// Threads running the recv loop.
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// The account's AppID, for safe mode (安全模式). Env `WXMP_APP_ID`.
+    #[serde(default)]
+    pub app_id: Option<String>,
+    /// The 43-character EncodingAESKey, for safe and compatible mode. Env `WXMP_ENCODING_AES_KEY`.
+    #[serde(default)]
+    pub encoding_aes_key: Option<String>,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -160,6 +166,8 @@ impl Default for Config {
             listen: default_listen(),
             path: default_path(),
             workers: default_workers(),
+            app_id: None,
+            encoding_aes_key: None,
             log: LogConfig::default(),
             reply: ReplyConfig::default(),
             admins: Vec::new(),
@@ -170,7 +178,13 @@ impl Default for Config {
 }
 
 /// Environment variables that override the file, in the order they are applied.
-pub const ENV_OVERRIDES: [&str; 3] = ["WXMP_TOKEN", "WXMP_LISTEN", "WXMP_LOG_DIR"];
+pub const ENV_OVERRIDES: [&str; 5] = [
+    "WXMP_TOKEN",
+    "WXMP_LISTEN",
+    "WXMP_LOG_DIR",
+    "WXMP_APP_ID",
+    "WXMP_ENCODING_AES_KEY",
+];
 
 impl Config {
     /// Parses a TOML document; the error names the offending key or line.
@@ -188,8 +202,8 @@ impl Config {
         Ok(config)
     }
 
-    /// Applies `WXMP_TOKEN`, `WXMP_LISTEN` and `WXMP_LOG_DIR` from `env` (a lookup function, so
-    /// tests need not touch the process environment).
+    /// Applies [`ENV_OVERRIDES`] from `env` (a lookup function, so tests need not touch the
+    /// process environment).
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
         if let Some(v) = env("WXMP_TOKEN") {
             self.token = v;
@@ -199,6 +213,12 @@ impl Config {
         }
         if let Some(v) = env("WXMP_LOG_DIR") {
             self.log.dir = v.into();
+        }
+        if let Some(v) = env("WXMP_APP_ID") {
+            self.app_id = Some(v);
+        }
+        if let Some(v) = env("WXMP_ENCODING_AES_KEY") {
+            self.encoding_aes_key = Some(v);
         }
     }
 
@@ -235,6 +255,9 @@ impl Config {
                 self.workers
             ));
         }
+        if let Err(e) = self.crypt() {
+            errors.push(e);
+        }
         if let Err(e) = self.log.settings() {
             errors.extend(e);
         }
@@ -252,6 +275,22 @@ impl Config {
             Ok(())
         } else {
             Err(errors)
+        }
+    }
+
+    /// The safe-mode cipher when `encoding_aes_key` is set (`Ok(None)` for a plain-mode account),
+    /// or what is wrong with the key and AppID.
+    pub fn crypt(&self) -> Result<Option<crate::crypto::MsgCrypt>, String> {
+        let key = self.encoding_aes_key.as_deref().filter(|k| !k.is_empty());
+        let app_id = self.app_id.as_deref().filter(|a| !a.is_empty());
+        match (key, app_id) {
+            (None, _) => Ok(None),
+            (Some(_), None) => Err("encoding_aes_key is set but app_id is missing: set app_id \
+                 (开发者ID AppID, wx…) or WXMP_APP_ID; safe mode checks it in every message"
+                .into()),
+            (Some(key), Some(app_id)) => crate::crypto::MsgCrypt::new(&self.token, key, app_id)
+                .map(Some)
+                .map_err(|e| format!("encoding_aes_key: {e}")),
         }
     }
 
@@ -309,6 +348,11 @@ listen = "{listen}"
 path = "/"
 # Threads answering requests.
 workers = 4
+
+# Safe mode (安全模式) or compatible mode (兼容模式): the AppID and the 43-character
+# EncodingAESKey from the same admin page. Leave commented out for plain mode (明文模式).
+# app_id = "wx..."
+# encoding_aes_key = "..."
 
 [log]
 dir = "log"
@@ -402,6 +446,28 @@ mod tests {
         let c = Config::from_toml(&first_run_file(&token)).unwrap();
         assert_eq!(c.token, token);
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn safe_mode_key_and_app_id_are_checked() {
+        let base = "token = \"spamtest\"\n";
+        let ok = Config::from_toml(&format!(
+            "{base}app_id = \"wx2c2769f8efd9abc2\"\nencoding_aes_key = \"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG\""
+        ))
+        .unwrap();
+        assert!(ok.validate().is_ok());
+        assert!(ok.crypt().unwrap().is_some());
+        let short = Config::from_toml(&format!(
+            "{base}app_id = \"wx1\"\nencoding_aes_key = \"abc\""
+        ))
+        .unwrap();
+        assert!(short.validate().unwrap_err()[0].contains("encoding_aes_key"));
+        let no_app = Config::from_toml(&format!(
+            "{base}encoding_aes_key = \"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG\""
+        ))
+        .unwrap();
+        assert!(no_app.validate().unwrap_err()[0].contains("app_id"));
+        assert!(Config::from_toml(base).unwrap().crypt().unwrap().is_none());
     }
 
     #[test]

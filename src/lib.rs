@@ -19,3 +19,4 @@ pub mod reply;
 pub mod router;
 pub mod server;
 pub mod signature;
+pub mod watchdog;

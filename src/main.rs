@@ -9,6 +9,11 @@ use wxmp::config::{self, Config};
 use wxmp::router::{Handler, Router};
 use wxmp::server::Server;
 
+/// How often the watchdog probes `GET /healthz` on our own port.
+const WATCHDOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Failed probes in a row before wxmp exits to be restarted.
+const WATCHDOG_FAILURES: u32 = 3;
+
 const USAGE: &str = "\
 wxmp: a WeChat Official Account message server
 
@@ -136,6 +141,13 @@ fn serve(path: &std::path::Path) -> ExitCode {
         eprintln!("wxmp: {e}");
         return ExitCode::FAILURE;
     }
+    match wxmp::watchdog::raise_fd_limit() {
+        Ok((before, after)) if after > before => {
+            log::info!("open-file limit raised from {before} to {after}")
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
     for (sig, flag) in [
@@ -164,16 +176,35 @@ fn serve(path: &std::path::Path) -> ExitCode {
         server.addr(),
         path.display()
     );
+    let watchdog = wxmp::watchdog::spawn(
+        wxmp::watchdog::probe_addr(server.addr()),
+        WATCHDOG_INTERVAL,
+        WATCHDOG_FAILURES,
+        Arc::clone(&stop),
+    );
+    let mut fatal = None;
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
         if hup.swap(false, Ordering::SeqCst) {
             reload(&server, path);
+        }
+        let dead = server
+            .fatal()
+            .or_else(|| watchdog.lock().ok().and_then(|v| v.clone()));
+        if let Some(why) = dead {
+            log::error!("{why}; exiting with status 70 so that systemd/Baota restart wxmp");
+            fatal = Some(why);
+            stop.store(true, Ordering::SeqCst);
         }
     }
     log::info!("stopping: finishing requests in flight");
     server.shutdown(Duration::from_secs(4));
     log::info!("stopped");
     wxmp::logging::flush();
+    if fatal.is_some() {
+        // EX_SOFTWARE: a restart-worthy failure, not a requested stop.
+        return ExitCode::from(70);
+    }
     ExitCode::SUCCESS
 }
 
@@ -181,8 +212,10 @@ fn reload(server: &Server, path: &std::path::Path) {
     match load(path) {
         Ok((config, router)) => {
             let handler: Arc<dyn Handler> = Arc::new(router);
-            server.reload(config, handler);
-            log::info!("reloaded {}", path.display());
+            match server.reload(config, handler) {
+                Ok(()) => log::info!("reloaded {}", path.display()),
+                Err(e) => log::error!("reload of {} refused: {e}", path.display()),
+            }
         }
         Err(errors) => {
             log::error!(

@@ -77,7 +77,8 @@ impl Reply {
     /// Writes the reply for the message that came from `to_user` to the account `from_user`
     /// (callers pass the inbound users swapped), stamped `create_time`.
     ///
-    /// An empty text becomes `success`: WeChat shows an error page for empty text content.
+    /// A text with nothing visible in it becomes `success`: WeChat shows an error page for
+    /// empty text content.
     pub fn render(&self, to_user: &str, from_user: &str, create_time: u64) -> String {
         let mut x = String::with_capacity(256);
         let head = |x: &mut String, msg_type: &str| {
@@ -94,7 +95,10 @@ impl Reply {
         };
         match self {
             Reply::Success => return "success".to_string(),
-            Reply::Text(t) if t.trim().is_empty() => return "success".to_string(),
+            // Nothing visible would be left: WeChat shows an error page for empty text content.
+            Reply::Text(t) if !t.chars().any(|c| is_xml_char(c) && !c.is_whitespace()) => {
+                return "success".to_string()
+            }
             Reply::Text(t) => {
                 head(&mut x, "text");
                 x.push_str("<Content>");
@@ -258,6 +262,10 @@ mod tests {
     #[test]
     fn empty_text_is_success() {
         assert_eq!(Reply::Text("  ".into()).render("a", "b", 1), "success");
+        assert_eq!(
+            Reply::Text("\u{0}\u{1} \n".into()).render("a", "b", 1),
+            "success"
+        );
     }
 
     #[test]

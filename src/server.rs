@@ -6,6 +6,7 @@
 //! its own thread, so one slow request never holds up another.
 
 use crate::config::Config;
+use crate::crypto::{self, CryptoError, MsgCrypt};
 use crate::dedup::{Claim, Dedup, Repeat, Ticket};
 use crate::message::{self, Message};
 use crate::pending::{self, Pending};
@@ -60,14 +61,30 @@ impl Answer {
     }
 }
 
+/// The configuration in force and what is derived from it; swapped whole on reload.
+struct Live {
+    config: Config,
+    /// The safe-mode cipher, when the account has an EncodingAESKey.
+    crypt: Option<Arc<MsgCrypt>>,
+}
+
+impl Live {
+    fn new(config: Config) -> Result<Live, String> {
+        let crypt = config.crypt()?.map(Arc::new);
+        Ok(Live { config, crypt })
+    }
+}
+
 /// Shared state of a running server.
 struct App {
-    config: RwLock<Arc<Config>>,
+    live: RwLock<Arc<Live>>,
     handler: RwLock<Arc<dyn Handler>>,
     dedup: Dedup<Answer>,
     /// Results of slow work that missed the last try, for the user's next message.
     pending: Pending,
     stopping: AtomicBool,
+    /// Why the server can no longer serve (its accept loop ended); `wxmp serve` exits on it.
+    fatal: std::sync::Mutex<Option<String>>,
     /// Requests handed to their own threads and not yet answered.
     detached: AtomicUsize,
 }
@@ -92,11 +109,12 @@ impl Server {
         let http = Arc::new(http);
         let workers_n = config.workers.max(1);
         let app = Arc::new(App {
-            config: RwLock::new(Arc::new(config)),
+            live: RwLock::new(Arc::new(Live::new(config)?)),
             handler: RwLock::new(handler),
             dedup: Dedup::default(),
             pending: Pending::default(),
             stopping: AtomicBool::new(false),
+            fatal: std::sync::Mutex::new(None),
             detached: AtomicUsize::new(0),
         });
         let mut workers = Vec::with_capacity(workers_n);
@@ -122,17 +140,28 @@ impl Server {
     }
 
     /// Replaces the configuration and handler (SIGHUP); requests in flight finish with the old ones.
-    pub fn reload(&self, config: Config, handler: Arc<dyn Handler>) {
+    pub fn reload(&self, config: Config, handler: Arc<dyn Handler>) -> Result<(), String> {
+        let live = Live::new(config)?;
         *self
             .app
-            .config
+            .live
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(live);
         *self
             .app
             .handler
             .write()
             .unwrap_or_else(PoisonError::into_inner) = handler;
+        Ok(())
+    }
+
+    /// Why the server can no longer take connections, once that has happened.
+    pub fn fatal(&self) -> Option<String> {
+        self.app
+            .fatal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Stops taking requests, answers those already received, and waits up to `grace` for
@@ -169,8 +198,12 @@ fn recv_loop(app: &Arc<App>, http: &tiny_http::Server) {
             Ok(Some(req)) => handle(app, req),
             Ok(None) => {}
             Err(e) => {
-                error!("accepting a request failed: {e}");
-                thread::sleep(Duration::from_millis(50));
+                // tiny_http reports an accept error once and then ends its accept loop: no
+                // connection will ever be taken again, so the process must be restarted.
+                let why = format!("the accept loop ended: {e}");
+                error!("{why}");
+                *app.fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+                return;
             }
         }
     }
@@ -243,6 +276,8 @@ impl Query {
 struct Ctx {
     start: Instant,
     peer: String,
+    /// Set when the request was encrypted: the answer must be encrypted too.
+    seal: Option<Arc<MsgCrypt>>,
 }
 
 /// The address to log: the proxy's `X-Real-IP` / first `X-Forwarded-For` when the peer is a
@@ -289,8 +324,10 @@ fn handle(app: &Arc<App>, req: Request) {
     let ctx = Ctx {
         start: Instant::now(),
         peer: client_addr(&req),
+        seal: None,
     };
-    let config = Arc::clone(&app.config.read().unwrap_or_else(PoisonError::into_inner));
+    let live = Arc::clone(&app.live.read().unwrap_or_else(PoisonError::into_inner));
+    let config = &live.config;
     let url = req.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     if path == "/healthz" && *req.method() == Method::Get {
@@ -307,8 +344,8 @@ fn handle(app: &Arc<App>, req: Request) {
     }
     let query = Query::parse(query);
     match req.method() {
-        Method::Get => verify_url(req, &config, &query, &ctx),
-        Method::Post => handle_post(app, req, &config, &query, ctx),
+        Method::Get => verify_url(req, config, &query, &ctx),
+        Method::Post => handle_post(app, req, &live, &query, ctx),
         other => {
             warn!("{} {other} {path}: method not allowed", ctx.peer);
             let resp = Response::from_string("method not allowed")
@@ -374,9 +411,9 @@ fn read_body(req: &mut Request) -> Result<String, (u16, String)> {
     String::from_utf8(buf).map_err(|e| (400, format!("body is not UTF-8: {e}")))
 }
 
-fn handle_post(app: &Arc<App>, mut req: Request, config: &Config, query: &Query, ctx: Ctx) {
+fn handle_post(app: &Arc<App>, mut req: Request, live: &Live, query: &Query, mut ctx: Ctx) {
     // The signature comes first: an unsigned body is never read, let alone parsed.
-    if !signed(query, &config.token) {
+    if !signed(query, &live.config.token) {
         warn!("{} POST refused: bad or missing signature", ctx.peer);
         return respond_text(req, 403, "forbidden: bad signature");
     }
@@ -394,6 +431,20 @@ fn handle_post(app: &Arc<App>, mut req: Request, config: &Config, query: &Query,
             return respond_text(req, status, &why);
         }
     };
+    let body = if query.get("encrypt_type") == Some("aes") {
+        match open_sealed(live, query, &body) {
+            Ok((xml, crypt)) => {
+                ctx.seal = Some(crypt);
+                xml
+            }
+            Err((status, why)) => {
+                warn!("{} safe-mode POST refused ({status}): {why}", ctx.peer);
+                return respond_text(req, status, &why);
+            }
+        }
+    } else {
+        body
+    };
     let msg = match message::parse(&body) {
         Ok(msg) => msg,
         Err(e) => {
@@ -404,6 +455,42 @@ fn handle_post(app: &Arc<App>, mut req: Request, config: &Config, query: &Query,
     match app.dedup.claim(&msg.dedup_key()) {
         Claim::First(ticket) => first_try(app, req, msg, ticket, ctx),
         Claim::Repeat(repeat) => repeated_try(app, req, msg, repeat, ctx),
+    }
+}
+
+/// Safe or compatible mode: checks `msg_signature` over the `Encrypt` element, decrypts it and
+/// checks the AppID inside. `Err(status, why)`: 403 for a bad signature or another account's
+/// message, 400 for anything malformed.
+fn open_sealed(
+    live: &Live,
+    query: &Query,
+    body: &str,
+) -> Result<(String, Arc<MsgCrypt>), (u16, String)> {
+    let crypt = live.crypt.as_ref().ok_or_else(|| {
+        (
+            400,
+            "encrypted request but no encoding_aes_key is configured: set encoding_aes_key and \
+             app_id in wxmp.toml"
+                .to_string(),
+        )
+    })?;
+    let param = |name: &str| {
+        query
+            .get(name)
+            .ok_or_else(|| (403, format!("missing {name}")))
+    };
+    let (msg_signature, timestamp, nonce) = (
+        param("msg_signature")?,
+        param("timestamp")?,
+        param("nonce")?,
+    );
+    let encrypt = crypto::extract_encrypt(body).map_err(|e| (400, e.to_string()))?;
+    match crypt.verify_and_decrypt(msg_signature, timestamp, nonce, &encrypt) {
+        Ok(xml) => Ok((xml, Arc::clone(crypt))),
+        Err(e @ (CryptoError::Signature | CryptoError::AppIdMismatch { .. })) => {
+            Err((403, e.to_string()))
+        }
+        Err(e) => Err((400, e.to_string())),
     }
 }
 
@@ -419,11 +506,31 @@ fn route_safely(app: &App, msg: &Message) -> Route {
     })
 }
 
-fn render(reply: &Reply, msg: &Message) -> Answer {
+/// Writes the reply XML, encrypted when the request was (`success` stays plain: WeChat takes it
+/// as it is in every mode).
+fn render(reply: &Reply, msg: &Message, seal: Option<&MsgCrypt>) -> Answer {
+    let now = now_unix();
+    let xml = reply.render(&msg.from_user, &msg.to_user, now);
+    let body = match seal {
+        Some(crypt) if xml != "success" => {
+            match crypt.encrypt_reply(&xml, now, &crypto::random_nonce()) {
+                Ok(sealed) => sealed,
+                Err(e) => {
+                    error!(
+                        "cannot encrypt the reply to {}: {e}; answered success",
+                        msg.from_user
+                    );
+                    return Answer {
+                        body: "success".into(),
+                        kind: "success",
+                    };
+                }
+            }
+        }
+        _ => xml,
+    };
     Answer {
-        body: reply
-            .render(&msg.from_user, &msg.to_user, now_unix())
-            .into(),
+        body: body.into(),
         kind: reply.kind(),
     }
 }
@@ -447,7 +554,7 @@ fn first_try(app: &Arc<App>, req: Request, msg: Message, ticket: Ticket<Answer>,
     match route_safely(app, &msg) {
         Route::Now(reply) => {
             let reply = app.pending.attach(&msg.from_user, reply);
-            let answer = render(&reply, &msg);
+            let answer = render(&reply, &msg, ctx.seal.as_deref());
             ticket.complete(answer.clone());
             log_answer(&msg, &answer, &ctx, "");
             respond_answer(req, &answer);
@@ -457,6 +564,7 @@ fn first_try(app: &Arc<App>, req: Request, msg: Message, ticket: Ticket<Answer>,
             let watch = ticket.watch();
             let app2 = Arc::clone(app);
             let msg2 = msg.clone();
+            let seal = ctx.seal.clone();
             let spawned = thread::Builder::new()
                 .name("wxmp-job".into())
                 .spawn(move || {
@@ -469,12 +577,12 @@ fn first_try(app: &Arc<App>, req: Request, msg: Message, ticket: Ticket<Answer>,
                     });
                     let key = msg2.dedup_key();
                     app2.pending.finish(&key, &msg2.from_user, reply, |reply| {
-                        ticket.complete(render(&reply, &msg2));
+                        ticket.complete(render(&reply, &msg2, seal.as_deref()));
                     });
                 });
             if let Err(e) = spawned {
                 error!("cannot start a job thread: {e}; answered success");
-                return respond_answer(req, &render(&Reply::Success, &msg));
+                return respond_answer(req, &render(&Reply::Success, &msg, None));
             }
             repeated_try(app, req, msg, watch, ctx);
         }
@@ -502,7 +610,7 @@ fn repeated_try(app: &Arc<App>, req: Request, msg: Message, repeat: Repeat<Answe
                 let left = (ctx.start + ANSWER_WITHIN).saturating_duration_since(Instant::now());
                 match repeat.wait(left) {
                     Some(answer) => Some(answer),
-                    None => give_up(&app2, &msg, &repeat),
+                    None => give_up(&app2, &msg, &repeat, ctx.seal.as_deref()),
                 }
             } else {
                 // Keep the connection until the work is done: answering `success` early would
@@ -520,7 +628,12 @@ fn repeated_try(app: &Arc<App>, req: Request, msg: Message, repeat: Repeat<Answe
 
 /// The last try found the work still running: its answer is the notice that the result will
 /// follow, and the result goes with the user's next message (or the result, if it just came).
-fn give_up(app: &App, msg: &Message, repeat: &Repeat<Answer>) -> Option<Answer> {
+fn give_up(
+    app: &App,
+    msg: &Message,
+    repeat: &Repeat<Answer>,
+    seal: Option<&MsgCrypt>,
+) -> Option<Answer> {
     if repeat.is_settled() {
         return repeat.wait(Duration::ZERO);
     }
@@ -533,11 +646,11 @@ fn give_up(app: &App, msg: &Message, repeat: &Repeat<Answer>) -> Option<Answer> 
         msg.from_user,
         msg.summary()
     );
-    Some(render(&Reply::Text(pending::NOTICE.into()), msg))
+    Some(render(&Reply::Text(pending::NOTICE.into()), msg, seal))
 }
 
 fn answer_repeat(req: Request, msg: &Message, answer: Option<Answer>, ctx: &Ctx, note: &str) {
-    let answer = answer.unwrap_or_else(|| render(&Reply::Success, msg));
+    let answer = answer.unwrap_or_else(|| render(&Reply::Success, msg, None));
     log_answer(msg, &answer, ctx, note);
     respond_answer(req, &answer);
 }

@@ -289,14 +289,17 @@ pub fn parse_response(raw: &[u8]) -> Resp {
 }
 
 /// Builds an inbound message: `<xml>` with the common fields then `fields` (values in CDATA
-/// unless they are numbers).
+/// unless they are numbers; an empty name inserts the value as raw XML).
 pub fn msg(from: &str, msg_type: &str, fields: &[(&str, &str)]) -> String {
     let mut x = format!(
         "<xml><ToUserName><![CDATA[{ACCOUNT}]]></ToUserName><FromUserName><![CDATA[{from}]]></FromUserName><CreateTime>{}</CreateTime><MsgType><![CDATA[{msg_type}]]></MsgType>",
         now()
     );
     for (k, v) in fields {
-        if v.starts_with('<') || v.parse::<f64>().is_ok() {
+        if k.is_empty() {
+            // Raw XML: nested elements such as ScanCodeInfo.
+            x.push_str(v);
+        } else if v.parse::<f64>().is_ok() {
             x.push_str(&format!("<{k}>{v}</{k}>"));
         } else {
             x.push_str(&format!("<{k}><![CDATA[{v}]]></{k}>"));
@@ -380,4 +383,56 @@ pub fn assert_text_reply(resp: &Resp, from: &str, content: &str) {
         .expect("CreateTime is a number");
     assert!(t.abs_diff(now()) < 60, "CreateTime is now");
     assert_eq!(r.get("Content"), Some(content), "{}", resp.body);
+}
+
+/// The official sample account of WeChat's WXBizMsgCrypt (protocol reference §5).
+pub const SAMPLE_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+/// The sample account's AppID.
+pub const SAMPLE_APP_ID: &str = "wx2c2769f8efd9abc2";
+
+/// Config lines that switch a test server to safe mode with the sample key.
+pub fn safe_mode_config() -> String {
+    format!("app_id = \"{SAMPLE_APP_ID}\"\nencoding_aes_key = \"{SAMPLE_KEY}\"\n")
+}
+
+/// The cipher a test client uses to talk to a safe-mode server.
+pub fn sample_crypt() -> wxmp::crypto::MsgCrypt {
+    wxmp::crypto::MsgCrypt::new(TOKEN, SAMPLE_KEY, SAMPLE_APP_ID).expect("sample key")
+}
+
+/// A safe-mode request the way WeChat sends it: `xml` encrypted into `<Encrypt>`, the query
+/// carrying `signature`, `msg_signature` and `encrypt_type=aes`. With `compatible`, the plain
+/// fields are sent beside `Encrypt` as in compatible mode.
+pub fn safe_request(
+    crypt: &wxmp::crypto::MsgCrypt,
+    xml: &str,
+    compatible: bool,
+) -> (String, String) {
+    let encrypt = crypt.encrypt(xml).expect("encrypt");
+    let ts = now().to_string();
+    let nonce = NONCE.fetch_add(1, Ordering::SeqCst).to_string();
+    let query = format!(
+        "/?signature={}&timestamp={ts}&nonce={nonce}&openid=oUser&encrypt_type=aes&msg_signature={}",
+        sign(&[TOKEN, &ts, &nonce]),
+        sign(&[TOKEN, &ts, &nonce, &encrypt])
+    );
+    let body = if compatible {
+        xml.replacen(
+            "</xml>",
+            &format!("<Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"),
+            1,
+        )
+    } else {
+        format!("<xml><ToUserName><![CDATA[{ACCOUNT}]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>")
+    };
+    (query, body)
+}
+
+/// Checks an encrypted reply's signature and returns the inner reply XML.
+pub fn open_reply(crypt: &wxmp::crypto::MsgCrypt, body: &str) -> String {
+    let r = wxmp::crypto::parse_encrypted_reply(body)
+        .unwrap_or_else(|e| panic!("not an encrypted reply ({e}): {body}"));
+    crypt
+        .verify_and_decrypt(&r.msg_signature, &r.timestamp, &r.nonce, &r.encrypt)
+        .unwrap_or_else(|e| panic!("encrypted reply does not verify: {e}"))
 }

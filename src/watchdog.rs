@@ -1,0 +1,160 @@
+//! Keeping the process restart-worthy: tiny_http's accept loop can die while the process lives
+//! on (an accept error ends it; at the fd limit its accept thread panics), leaving a port that
+//! never answers and a supervisor that sees nothing wrong. The watchdog notices and says so, and
+//! `wxmp serve` then exits non-zero so systemd or Baota restart it.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Raises the soft open-file limit to the hard limit, so that a burst of connections meets the
+/// largest limit the system allows. Returns `(before, after)`.
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux x86_64, not everywhere
+pub fn raise_fd_limit() -> Result<(u64, u64), String> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(format!("getrlimit: {}", std::io::Error::last_os_error()));
+    }
+    let before = lim.rlim_cur as u64;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok((before, lim.rlim_cur as u64))
+}
+
+/// The address to probe a server listening on `listen`: a wildcard address becomes loopback.
+pub fn probe_addr(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port())
+}
+
+/// One self-probe: `GET /healthz` must answer `200 ok` within `timeout`.
+pub fn probe(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: wxmp\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buf = Vec::with_capacity(256);
+    s.take(4096)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("no answer: {e}"))?;
+    let text = String::from_utf8_lossy(&buf);
+    if text.starts_with("HTTP/1.1 200") && text.ends_with("ok") {
+        Ok(())
+    } else {
+        Err(format!(
+            "unexpected answer: {:?}",
+            text.lines().next().unwrap_or_default()
+        ))
+    }
+}
+
+/// A background thread probing `addr` every `interval`; after `failures` failed probes in a row
+/// it records why in the returned slot. Stops when `stop` is set.
+pub fn spawn(
+    addr: SocketAddr,
+    interval: Duration,
+    failures: u32,
+    stop: Arc<AtomicBool>,
+) -> Arc<Mutex<Option<String>>> {
+    let verdict = Arc::new(Mutex::new(None));
+    let out = Arc::clone(&verdict);
+    let spawned = thread::Builder::new()
+        .name("wxmp-watchdog".into())
+        .spawn(move || {
+            let mut failed = 0;
+            let mut next = Instant::now() + interval;
+            while !stop.load(Ordering::SeqCst) {
+                if Instant::now() < next {
+                    thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                next = Instant::now() + interval;
+                match probe(addr, Duration::from_secs(3)) {
+                    Ok(()) => failed = 0,
+                    Err(e) => {
+                        failed += 1;
+                        log::warn!(
+                            "watchdog: self-probe of {addr} failed ({failed}/{failures}): {e}"
+                        );
+                        if failed >= failures {
+                            *out.lock().unwrap_or_else(PoisonError::into_inner) = Some(format!(
+                            "{addr} stopped answering ({failures} self-probes failed, last: {e})"
+                        ));
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the watchdog thread: {e}");
+    }
+    verdict
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_listen_is_probed_on_loopback() {
+        let a: SocketAddr = "0.0.0.0:8880".parse().unwrap();
+        assert_eq!(probe_addr(a), "127.0.0.1:8880".parse().unwrap());
+        let b: SocketAddr = "[::]:80".parse().unwrap();
+        assert_eq!(probe_addr(b), "[::1]:80".parse().unwrap());
+        let c: SocketAddr = "127.0.0.2:1".parse().unwrap();
+        assert_eq!(probe_addr(c), c);
+    }
+
+    #[test]
+    fn probe_of_a_closed_port_fails() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        assert!(probe(addr, Duration::from_millis(500)).is_err());
+    }
+
+    #[test]
+    fn watchdog_reports_a_dead_port() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let stop = Arc::new(AtomicBool::new(false));
+        let verdict = spawn(addr, Duration::from_millis(50), 2, Arc::clone(&stop));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while verdict.lock().unwrap().is_none() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert!(verdict
+            .lock()
+            .unwrap()
+            .as_deref()
+            .unwrap_or_default()
+            .contains("stopped answering"));
+    }
+
+    #[test]
+    fn fd_limit_is_raised_to_hard() {
+        let (before, after) = raise_fd_limit().unwrap();
+        assert!(after >= before);
+    }
+}

@@ -1,0 +1,177 @@
+//! Safe mode (安全模式) and compatible mode (兼容模式) conversations with the real binary.
+
+mod common;
+use common::*;
+
+fn reply_of(w: &Wxmp, query: &str, body: &str) -> Resp {
+    w.request("POST", query, &[], body.as_bytes())
+}
+
+#[test]
+fn safe_mode_message_gets_an_encrypted_signed_reply() {
+    let w = Wxmp::start(&safe_mode_config());
+    let crypt = sample_crypt();
+    let (q, body) = safe_request(&crypt, &text("oSafe", "你好 <&> 😀"), false);
+    assert!(!body.contains("oSafe"), "the request really is encrypted");
+    let r = reply_of(&w, &q, &body);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        !r.body.contains(DEFAULT_REPLY),
+        "the reply must be encrypted: {}",
+        r.body
+    );
+    let inner = open_reply(&crypt, &r.body);
+    let resp = Resp {
+        status: 200,
+        headers: vec![],
+        body: inner,
+    };
+    assert_text_reply(&resp, "oSafe", DEFAULT_REPLY);
+    assert!(w.wait_for_log("oSafe text"));
+}
+
+#[test]
+fn compatible_mode_is_answered_encrypted() {
+    let w = Wxmp::start(&safe_mode_config());
+    let crypt = sample_crypt();
+    let (q, body) = safe_request(&crypt, &text("oCompat", "hi"), true);
+    assert!(body.contains("oCompat") && body.contains("<Encrypt>"));
+    let r = reply_of(&w, &q, &body);
+    let inner = open_reply(&crypt, &r.body);
+    assert_text_reply(
+        &Resp {
+            status: 200,
+            headers: vec![],
+            body: inner,
+        },
+        "oCompat",
+        DEFAULT_REPLY,
+    );
+}
+
+#[test]
+fn plain_requests_still_work_with_a_key_configured() {
+    let w = Wxmp::start(&safe_mode_config());
+    assert_text_reply(
+        &w.post_signed(&text("oPlain", "hi")),
+        "oPlain",
+        DEFAULT_REPLY,
+    );
+}
+
+#[test]
+fn a_safe_mode_retry_gets_the_same_bytes() {
+    let w = Wxmp::start(&safe_mode_config());
+    let crypt = sample_crypt();
+    let xml = text("oRetry", "again");
+    let (q1, b1) = safe_request(&crypt, &xml, false);
+    let (q2, b2) = safe_request(&crypt, &xml, false);
+    assert_ne!(b1, b2, "each try is encrypted afresh");
+    let first = reply_of(&w, &q1, &b1);
+    let second = reply_of(&w, &q2, &b2);
+    assert_eq!(first.body, second.body);
+}
+
+#[test]
+fn missing_or_wrong_msg_signature_is_403() {
+    let w = Wxmp::start(&safe_mode_config());
+    let crypt = sample_crypt();
+    let (q, body) = safe_request(&crypt, &text("oA", "hi"), false);
+    let without = q.split("&msg_signature=").next().unwrap().to_string();
+    assert_eq!(reply_of(&w, &without, &body).status, 403);
+    let wrong = format!("{without}&msg_signature={}", "0".repeat(40));
+    assert_eq!(reply_of(&w, &wrong, &body).status, 403);
+    // The plain signature alone is not enough: it does not cover the Encrypt payload.
+    let (_, other_body) = safe_request(&crypt, &text("oEvil", "swap"), false);
+    assert_eq!(reply_of(&w, &q, &other_body).status, 403);
+    assert!(w.wait_for_log("safe-mode POST refused (403)"));
+}
+
+#[test]
+fn another_accounts_message_is_403() {
+    let w = Wxmp::start(&safe_mode_config());
+    let other = wxmp::crypto::MsgCrypt::new(TOKEN, SAMPLE_KEY, "wxSomeoneElse00001").unwrap();
+    let (q, body) = safe_request(&other, &text("oA", "hi"), false);
+    assert_eq!(reply_of(&w, &q, &body).status, 403);
+    assert!(w.wait_for_log("AppID"));
+}
+
+#[test]
+fn tampered_or_truncated_ciphertext_is_refused() {
+    let w = Wxmp::start(&safe_mode_config());
+    let crypt = sample_crypt();
+    let encrypt = crypt.encrypt(&text("oA", "hi")).unwrap();
+    for bad in [
+        format!("{}A", &encrypt[..encrypt.len() - 1]), // tampered last block
+        encrypt[..encrypt.len() / 2].to_string(),      // truncated
+        "!!!not base64!!!".to_string(),
+        String::new(),
+    ] {
+        let ts = now().to_string();
+        let q = format!(
+            "/?signature={}&timestamp={ts}&nonce=1&encrypt_type=aes&msg_signature={}",
+            sign(&[TOKEN, &ts, "1"]),
+            sign(&[TOKEN, &ts, "1", &bad])
+        );
+        let body =
+            format!("<xml><ToUserName>gh</ToUserName><Encrypt><![CDATA[{bad}]]></Encrypt></xml>");
+        let r = reply_of(&w, &q, &body);
+        assert!(r.status == 400 || r.status == 403, "{bad:?} → {r:?}");
+    }
+    let r = w.post_signed("<xml><FromUserName>u</FromUserName></xml>");
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn encrypted_request_without_a_configured_key_is_refused_with_advice() {
+    let w = Wxmp::start("");
+    let crypt = sample_crypt();
+    let (q, body) = safe_request(&crypt, &text("oA", "hi"), false);
+    let r = reply_of(&w, &q, &body);
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("encoding_aes_key"));
+}
+
+#[test]
+fn official_sample_decrypts_through_the_library() {
+    let crypt = wxmp::crypto::MsgCrypt::new("spamtest", SAMPLE_KEY, SAMPLE_APP_ID).unwrap();
+    let encrypt = "hyzAe4OzmOMbd6TvGdIOO6uBmdJoD0Fk53REIHvxYtJlE2B655HuD0m8KUePWB3+LrPXo87wzQ1QLvbeUgmBM4x6F8PGHQHFVAFmOD2LdJF9FrXpbUAh0B5GIItb52sn896wVsMSHGuPE328HnRGBcrS7C41IzDWyWNlZkyyXwon8T332jisa+h6tEDYsVticbSnyU8dKOIbgU6ux5VTjg3yt+WGzjlpKn6NPhRjpA912xMezR4kw6KWwMrCVKSVCZciVGCgavjIQ6X8tCOp3yZbGpy0VxpAe+77TszTfRd5RJSVO/HTnifJpXgCSUdUue1v6h0EIBYYI1BD1DlD+C0CR8e6OewpusjZ4uBl9FyJvnhvQl+q5rv1ixrcpCumEPo5MJSgM9ehVsNPfUM669WuMyVWQLCzpu9GhglF2PE=";
+    let xml = crypt
+        .verify_and_decrypt(
+            "5d197aaffba7e9b25a30732f161a50dee96bd5fa",
+            "1409735669",
+            "1320562132",
+            encrypt,
+        )
+        .unwrap();
+    let m = wxmp::message::parse(&xml).unwrap();
+    assert_eq!(
+        m.kind,
+        wxmp::message::Kind::Text {
+            content: "abcdteT".into()
+        }
+    );
+    assert_eq!(m.msg_id, Some(6054768590064713728));
+}
+
+#[test]
+fn bad_key_refuses_to_start() {
+    let dir = temp_dir("badkey");
+    std::fs::write(
+        dir.join("wxmp.toml"),
+        format!("token = \"{TOKEN}\"\nlisten = \"127.0.0.1:0\"\napp_id = \"wx1\"\nencoding_aes_key = \"tooShort\"\n"),
+    )
+    .unwrap();
+    for cmd in ["check", "serve"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
+            .args([cmd, "--config", "wxmp.toml"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("encoding_aes_key"),
+            "{cmd}"
+        );
+    }
+}
