@@ -94,9 +94,13 @@ fn say(w: &Wxmp, from: &str, said: &str) -> String {
 /// POSTs `body` like WeChat: `None` when no answer came within `timeout` (the connection is
 /// then dropped, as WeChat does after 5 s).
 fn post_within(w: &Wxmp, body: &str, timeout: Duration) -> Option<Resp> {
+    post_query_within(w, &signed_query("/", TOKEN), body, timeout)
+}
+
+/// [`post_within`] with a given signed query (safe mode).
+fn post_query_within(w: &Wxmp, q: &str, body: &str, timeout: Duration) -> Option<Resp> {
     let mut s = TcpStream::connect(w.addr).expect("connect");
     s.set_read_timeout(Some(timeout)).unwrap();
-    let q = signed_query("/", TOKEN);
     let head = format!(
         "POST {q} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         w.addr,
@@ -741,6 +745,38 @@ fn sigterm_kills_running_programs_instead_of_leaving_them() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(dead(child.trim()) && dead(grandchild.trim()));
+}
+
+#[test]
+fn safe_mode_command_answers_and_the_late_notice_are_encrypted() {
+    let site = Site::new("cmd-safe");
+    site.script("q.sh", "echo \"secret $1\"");
+    site.script("slow.sh", "sleep 6\necho late");
+    let w = site.serve(&format!(
+        "{}[[command]]\nprefix = \"查\"\nexec = [\"./q.sh\", \"{{args}}\"]\n[[command]]\nname = \"慢\"\nexec = [\"./slow.sh\"]\ntimeout = 8",
+        safe_mode_config()
+    ));
+    let crypt = sample_crypt();
+    let open = |r: &Resp| Resp {
+        status: r.status,
+        headers: vec![],
+        body: open_reply(&crypt, &r.body),
+    };
+    let (q, body) = safe_request(&crypt, &text("oS", "查 x"), false);
+    let r = w.request("POST", &q, &[], body.as_bytes());
+    assert!(!r.body.contains("secret"), "{}", r.body);
+    assert_eq!(content_of(&open(&r), "oS"), "secret x");
+    let xml = text("oS", "慢");
+    for _ in 0..2 {
+        let (q, b) = safe_request(&crypt, &xml, false);
+        assert!(post_query_within(&w, &q, &b, Duration::from_millis(300)).is_none());
+    }
+    let (q, b) = safe_request(&crypt, &xml, false);
+    let r = post_query_within(&w, &q, &b, Duration::from_secs(6)).expect("last try answered");
+    assert_eq!(
+        content_of(&open(&r), "oS"),
+        "结果还在生成，稍后发任意消息查看"
+    );
 }
 
 // ---------------------------------------------------------------- reload and check
