@@ -354,6 +354,9 @@ workers = 4
 # app_id = "wx..."
 # encoding_aes_key = "..."
 
+# Openids allowed to run `admin = true` commands; send `whoami` to the account to see yours.
+# admins = ["o..."]
+
 [log]
 dir = "log"
 # Rotate wxmp.log when it would pass this size; delete rotated files older than keep_days.
@@ -366,6 +369,12 @@ level = "info"
 default = "{default}"
 # The answer to a new follower.
 welcome = "{welcome}"
+
+# Commands, tried in order (README "Commands"; wxmp.example.toml shows every kind). E.g. a
+# crawler writes data/news.txt and the owner sends 新闻:
+# [[command]]
+# name = "新闻"
+# file = "data/news.txt"
 "#,
         listen = default_listen(),
         default = default_reply(),
