@@ -37,6 +37,12 @@ pub struct Config {
     /// Built-in replies.
     #[serde(default)]
     pub reply: ReplyConfig,
+    /// Openids allowed to run `admin = true` commands.
+    #[serde(default)]
+    pub admins: Vec<String>,
+    /// The `[[command]]` tables as written; [`crate::command::parse_commands`] checks them.
+    #[serde(default, rename = "command")]
+    pub commands: Vec<toml::Table>,
     /// Where this configuration was read from (`None` for built-in defaults); relative paths in
     /// commands are resolved against its folder.
     #[serde(skip)]
@@ -164,6 +170,8 @@ impl Default for Config {
             encoding_aes_key: None,
             log: LogConfig::default(),
             reply: ReplyConfig::default(),
+            admins: Vec::new(),
+            commands: Vec::new(),
             source: None,
         }
     }
@@ -346,6 +354,9 @@ workers = 4
 # app_id = "wx..."
 # encoding_aes_key = "..."
 
+# Openids allowed to run `admin = true` commands; send `whoami` to the account to see yours.
+# admins = ["o..."]
+
 [log]
 dir = "log"
 # Rotate wxmp.log when it would pass this size; delete rotated files older than keep_days.
@@ -358,6 +369,12 @@ level = "info"
 default = "{default}"
 # The answer to a new follower.
 welcome = "{welcome}"
+
+# Commands, tried in order (README "Commands"; wxmp.example.toml shows every kind). E.g. a
+# crawler writes data/news.txt and the owner sends 新闻:
+# [[command]]
+# name = "新闻"
+# file = "data/news.txt"
 "#,
         listen = default_listen(),
         default = default_reply(),

@@ -167,6 +167,17 @@ impl<T: Clone> Ticket<T> {
     }
 }
 
+impl<T> Ticket<T> {
+    /// A handle that waits for this ticket's answer like a retry would, without counting as one
+    /// (its `attempt` is 1): the first try uses it while the work runs elsewhere.
+    pub fn watch(&self) -> Repeat<T> {
+        Repeat {
+            slot: Arc::clone(&self.slot),
+            attempt: 1,
+        }
+    }
+}
+
 impl<T> Drop for Ticket<T> {
     fn drop(&mut self) {
         if !self.completed {
@@ -196,6 +207,11 @@ impl<T: Clone> Repeat<T> {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+    }
+
+    /// How long ago the first try of this message arrived.
+    pub fn since_first(&self) -> Duration {
+        self.slot.created.elapsed()
     }
 
     /// Whether the first try has finished (with an answer or abandoned).
@@ -250,8 +266,25 @@ mod tests {
             panic!()
         };
         assert_eq!((r2.attempt, r3.attempt), (2, 3));
+        assert!(r2.since_first() < Duration::from_secs(5));
         assert_eq!(r2.wait(Duration::from_millis(10)), None);
         assert!(!r2.is_settled());
+    }
+
+    #[test]
+    fn watching_the_first_try_does_not_count_as_a_retry() {
+        let d: Dedup<u32> = Dedup::default();
+        let Claim::First(t) = d.claim("k") else {
+            panic!()
+        };
+        let w = t.watch();
+        assert_eq!(w.attempt, 1);
+        let Claim::Repeat(r) = d.claim("k") else {
+            panic!()
+        };
+        assert_eq!(r.attempt, 2, "the watch is not a try");
+        t.complete(3);
+        assert_eq!(w.wait(Duration::ZERO), Some(3));
     }
 
     #[test]

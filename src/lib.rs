@@ -3,13 +3,18 @@
 //! One module a concern: [`signature`] checks WeChat's request signatures, [`message`] parses
 //! inbound XML, [`reply`] writes passive-reply XML, [`crypto`] handles safe mode (AES),
 //! [`config`] loads `wxmp.toml`, [`dedup`] makes retries idempotent, [`logging`] writes
-//! rotated logs and [`server`] ties them to a tiny_http recv loop.
+//! rotated logs and [`server`] ties them to a tiny_http recv loop. [`command`] checks the
+//! `[[command]]` tables, [`router`] answers with them, [`exec`] runs their programs and
+//! [`pending`] keeps results that missed WeChat's last try for the user's next message.
 
+pub mod command;
 pub mod config;
 pub mod crypto;
 pub mod dedup;
+pub mod exec;
 pub mod logging;
 pub mod message;
+pub mod pending;
 pub mod reply;
 pub mod router;
 pub mod send;

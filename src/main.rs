@@ -232,13 +232,16 @@ fn reload(server: &Server, path: &std::path::Path) {
 
 fn check(path: &std::path::Path) -> ExitCode {
     match load(path) {
-        Ok((config, _router)) => {
+        Ok((config, router)) => {
             println!("{}: OK", path.display());
             println!(
                 "  listen {}  path {}  workers {}",
                 config.listen, config.path, config.workers
             );
             println!("  log dir {}", config.log.dir.display());
+            for line in router.describe() {
+                println!("  {line}");
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {

@@ -1,11 +1,19 @@
 //! Routing: what each message is answered with.
 //!
 //! The server asks a [`Handler`] for a [`Route`]: an answer now, or work that runs off the recv
-//! loop (a script, say) and answers when done. [`Router`] is the handler built from the config.
+//! loop (a script, say) and answers when done. [`Router`] is the handler built from the config:
+//! the `[[command]]` tables tried in file order (first match wins), the built-in help and
+//! whoami, and the `[reply]` defaults.
 
+use crate::command::{self, Action, Captures, Command, Vars};
 use crate::config::Config;
+use crate::exec::{self, Status};
 use crate::message::{Event, Kind, Message};
-use crate::reply::Reply;
+use crate::reply::{Reply, MAX_ARTICLES};
+use log::{error, info, warn};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Work that produces a reply later, run on its own thread so no other request waits for it.
 pub type Job = Box<dyn FnOnce() -> Reply + Send + 'static>;
@@ -25,29 +33,369 @@ pub trait Handler: Send + Sync {
     fn route(&self, msg: &Message) -> Route;
 }
 
+/// The words that ask for the built-in help (ASCII case-insensitive).
+pub const HELP_WORDS: [&str; 4] = ["帮助", "help", "?", "？"];
+
+/// The words that ask for the sender's openid (ASCII case-insensitive).
+pub const WHOAMI_WORDS: [&str; 2] = ["whoami", "我的id"];
+
+/// The answer to a `file` command whose file does not exist (yet) or is empty.
+pub const NO_DATA: &str = "暂无数据";
+
+/// The answer to an `exec` command that printed nothing (WeChat shows an error for empty text).
+pub const NO_OUTPUT: &str = "（指令没有输出）";
+
+/// The most bytes of a `file` read per request (only [`crate::reply::TEXT_LIMIT`] are shown).
+pub const FILE_READ_LIMIT: u64 = 64 * 1024;
+
 /// The handler built from `wxmp.toml`.
 #[derive(Debug, Clone)]
 pub struct Router {
     default: String,
     welcome: String,
+    commands: Vec<Command>,
+    admins: Vec<String>,
+    base_dir: PathBuf,
 }
 
 impl Router {
-    /// Builds the router from the configuration; every problem is listed.
+    /// Builds the router from the configuration; every problem is listed, each naming the
+    /// command and the key.
     pub fn from_config(config: &Config) -> Result<Router, Vec<String>> {
+        let base = config.base_dir();
+        let base_dir = std::path::absolute(&base).unwrap_or(base);
+        let mut errors = Vec::new();
+        for (i, a) in config.admins.iter().enumerate() {
+            if a.trim().is_empty() || a.chars().any(char::is_whitespace) {
+                errors.push(format!(
+                    "admins: item {} ({a:?}) is not an openid; send `whoami` to the account to see yours",
+                    i + 1
+                ));
+            }
+        }
+        let commands = match command::parse_commands(&config.commands, &base_dir) {
+            Ok(c) => c,
+            Err(e) => {
+                errors.extend(e);
+                Vec::new()
+            }
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         Ok(Router {
             default: config.reply.default.clone(),
             welcome: config.reply.welcome.clone(),
+            commands,
+            admins: config.admins.clone(),
+            base_dir,
         })
+    }
+
+    /// The commands, in file order.
+    pub fn commands(&self) -> &[Command] {
+        &self.commands
+    }
+
+    /// The command table in lines for `wxmp check`.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = vec![format!("commands: {}", self.commands.len())];
+        for c in &self.commands {
+            lines.push(format!(
+                "  #{:<3} {}  ->  {}{}{}",
+                c.index,
+                c.rule(),
+                c.describe_action(),
+                if c.admin { "  [admin]" } else { "" },
+                c.help
+                    .as_deref()
+                    .map(|h| format!("  help: {h}"))
+                    .unwrap_or_default()
+            ));
+        }
+        lines.push(format!(
+            "built-in: {} (help), {} (your openid), unless a command has the same name",
+            HELP_WORDS.join(" / "),
+            WHOAMI_WORDS.join(" / ")
+        ));
+        lines.push(format!("admins: {}", self.admins.len()));
+        if self.admins.is_empty() && self.commands.iter().any(|c| c.admin) {
+            lines.push(
+                "  note: admin commands answer nobody until `admins` lists an openid \
+                 (send `whoami` to the account to see yours)"
+                    .into(),
+            );
+        }
+        lines
+    }
+
+    fn is_admin(&self, openid: &str) -> bool {
+        self.admins.iter().any(|a| a == openid)
+    }
+
+    /// Whether the sender may run `c`; refusals are logged.
+    fn allowed(&self, c: &Command, msg: &Message) -> bool {
+        if c.admin && !self.is_admin(&msg.from_user) {
+            warn!(
+                "{} is not in admins: admin command #{} ({}) refused",
+                msg.from_user,
+                c.index,
+                c.rule()
+            );
+            return false;
+        }
+        true
+    }
+
+    fn default_reply(&self) -> Route {
+        Route::Now(Reply::Text(self.default.clone()))
+    }
+
+    fn route_event(&self, msg: &Message, event: &str) -> Route {
+        let key = msg.field("EventKey").unwrap_or_default().trim();
+        for c in &self.commands {
+            if let Some(caps) = c.match_event(event, key) {
+                if !self.allowed(c, msg) {
+                    break;
+                }
+                return self.run(c, caps, msg, key, true);
+            }
+        }
+        Route::Now(match &msg.kind {
+            Kind::Event(Event::Subscribe { .. }) => Reply::Text(self.welcome.clone()),
+            _ => Reply::Success,
+        })
+    }
+
+    fn route_text(&self, msg: &Message, said: &str) -> Route {
+        let named = |words: &[&str]| {
+            words.iter().any(|w| w.eq_ignore_ascii_case(said))
+                && !self.commands.iter().any(|c| c.has_name(said))
+        };
+        if named(&HELP_WORDS) {
+            return Route::Now(Reply::Text(self.help(&msg.from_user)));
+        }
+        if named(&WHOAMI_WORDS) {
+            return Route::Now(Reply::Text(msg.from_user.clone()));
+        }
+        for c in self.commands.iter().filter(|c| !c.is_event()) {
+            if let Some(caps) = c.match_text(said) {
+                if !self.allowed(c, msg) {
+                    return self.default_reply();
+                }
+                return self.run(c, caps, msg, said, false);
+            }
+        }
+        self.default_reply()
+    }
+
+    /// The built-in help for `openid`: each command it may run, with its `help` text.
+    fn help(&self, openid: &str) -> String {
+        let admin = self.is_admin(openid);
+        let mut text = String::from("可用指令：");
+        for c in self.commands.iter().filter(|c| admin || !c.admin) {
+            let what = match &c.matcher {
+                command::Matcher::Name(names) => names.join(" / "),
+                command::Matcher::Prefix(p) => format!("{}…", p.trim_end()),
+                command::Matcher::Regex(_) if c.help.is_some() => String::new(),
+                _ => continue,
+            };
+            text.push('\n');
+            text.push_str(&what);
+            match (&c.help, what.is_empty()) {
+                (Some(h), false) => {
+                    text.push('：');
+                    text.push_str(h);
+                }
+                (Some(h), true) => text.push_str(h),
+                (None, _) => {}
+            }
+            if c.admin {
+                text.push_str("（管理）");
+            }
+        }
+        text.push_str("\nwhoami / 我的id：你的 openid\n帮助 / help：本列表");
+        text
+    }
+
+    /// The route for command `c` matched with `caps`; `content` is what the user said (or the
+    /// event key) and `event` whether an event matched.
+    fn run(
+        &self,
+        c: &Command,
+        captures: Captures,
+        msg: &Message,
+        content: &str,
+        event: bool,
+    ) -> Route {
+        let vars = Vars {
+            captures,
+            openid: msg.from_user.clone(),
+            content: content.to_string(),
+        };
+        match &c.action {
+            Action::Reply(t) => Route::Now(Reply::Text(command::substitute(t, &vars))),
+            Action::File(path) => Route::Now(Reply::Text(read_data(c, path))),
+            Action::Media(r) => Route::Now(r.clone()),
+            Action::News(articles) => {
+                // Protocol: one article in answer to a user message, up to 8 otherwise.
+                let n = if event { MAX_ARTICLES } else { 1 };
+                Route::Now(Reply::News(articles.iter().take(n).cloned().collect()))
+            }
+            Action::Exec { program, args } => {
+                let job = exec::Job {
+                    program: program.clone(),
+                    args: args.iter().map(|a| command::substitute(a, &vars)).collect(),
+                    env: vec![
+                        ("WXMP_OPENID".into(), vars.openid.clone()),
+                        ("WXMP_CONTENT".into(), vars.content.clone()),
+                        ("WXMP_ARGS".into(), vars.captures.args.clone()),
+                    ],
+                    dir: self.base_dir.clone(),
+                    timeout: c.timeout,
+                };
+                let label = format!("command #{} ({})", c.index, c.rule());
+                let openid = msg.from_user.clone();
+                Route::Later(Box::new(move || {
+                    let out = exec::run(&job);
+                    exec_reply(&label, &openid, &job, &out)
+                }))
+            }
+        }
+    }
+}
+
+/// The text of a `file` command: the file's text trimmed, or [`NO_DATA`] (with a log line) when
+/// it is missing, unreadable or empty. Read at each request: nothing is cached.
+fn read_data(c: &Command, path: &Path) -> String {
+    // Only regular files: opening a FIFO or a device could block the recv loop.
+    if path.metadata().is_ok_and(|m| !m.is_file()) {
+        error!(
+            "command #{}: {} is not a regular file; answered {NO_DATA}",
+            c.index,
+            path.display()
+        );
+        return NO_DATA.to_string();
+    }
+    let mut bytes = Vec::new();
+    let read =
+        std::fs::File::open(path).and_then(|f| f.take(FILE_READ_LIMIT).read_to_end(&mut bytes));
+    match read {
+        Ok(_) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let text = text.trim();
+            if text.is_empty() {
+                warn!("command #{}: {} is empty", c.index, path.display());
+                NO_DATA.to_string()
+            } else {
+                text.to_string()
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            warn!(
+                "command #{}: {} does not exist yet; answered {NO_DATA}",
+                c.index,
+                path.display()
+            );
+            NO_DATA.to_string()
+        }
+        Err(e) => {
+            error!("command #{}: cannot read {}: {e}", c.index, path.display());
+            NO_DATA.to_string()
+        }
+    }
+}
+
+/// The most stderr lines of one run copied to the log.
+const STDERR_LINES: usize = 50;
+
+/// The answer to an `exec` run, with its log lines.
+fn exec_reply(label: &str, openid: &str, job: &exec::Job, out: &exec::Output) -> Reply {
+    let ms = out.elapsed.as_millis();
+    let failed = !matches!(out.status, Status::Exited(0));
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    for line in lines.iter().take(STDERR_LINES) {
+        if failed {
+            warn!("{label} stderr: {line}");
+        } else {
+            info!("{label} stderr: {line}");
+        }
+    }
+    if lines.len() > STDERR_LINES {
+        warn!(
+            "{label} stderr: … {} more lines",
+            lines.len() - STDERR_LINES
+        );
+    }
+    let text = match &out.status {
+        Status::Exited(0) => {
+            info!(
+                "{label} for {openid}: exit 0 in {ms}ms, {} bytes",
+                out.stdout.len()
+            );
+            let text = out.stdout.trim();
+            if text.is_empty() {
+                NO_OUTPUT.to_string()
+            } else {
+                text.to_string()
+            }
+        }
+        Status::Exited(code) => {
+            warn!("{label} for {openid}: exit code {code} in {ms}ms");
+            format!("指令执行失败（退出码 {code}）")
+        }
+        Status::Signaled(sig) => {
+            warn!("{label} for {openid}: ended by signal {sig} in {ms}ms");
+            format!("指令执行失败（被信号 {sig} 终止）")
+        }
+        Status::TimedOut => {
+            warn!(
+                "{label} for {openid}: still running after {:?}; its process group was killed",
+                job.timeout
+            );
+            format!("指令超时（超过 {} 秒），已停止", secs(job.timeout))
+        }
+        Status::NotStarted(why) => {
+            error!("{label} for {openid}: cannot start: {why}");
+            "指令无法启动，请管理员查看日志".to_string()
+        }
+        Status::Stopped => {
+            warn!("{label} for {openid}: stopped because the server is stopping");
+            "服务正在重启，指令已停止，请稍后再试".to_string()
+        }
+        Status::Busy => {
+            warn!(
+                "{label} for {openid}: {} programs already running; refused",
+                exec::MAX_RUNNING
+            );
+            "正在执行的指令太多，请稍后再试".to_string()
+        }
+    };
+    Reply::Text(text)
+}
+
+/// Seconds for people: `4`, `2.5`.
+fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{s:.0}")
+    } else {
+        format!("{s}")
     }
 }
 
 impl Handler for Router {
     fn route(&self, msg: &Message) -> Route {
-        Route::Now(match &msg.kind {
-            Kind::Event(Event::Subscribe { .. }) => Reply::Text(self.welcome.clone()),
-            Kind::Event(_) => Reply::Success,
-            _ => Reply::Text(self.default.clone()),
-        })
+        if let Some(event) = msg.event_name() {
+            return self.route_event(msg, event);
+        }
+        match msg.said() {
+            Some(said) => self.route_text(msg, &said),
+            None => self.default_reply(),
+        }
     }
 }

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::crypto::{self, CryptoError, MsgCrypt};
 use crate::dedup::{Claim, Dedup, Repeat, Ticket};
 use crate::message::{self, Message};
+use crate::pending::{self, Pending};
 use crate::reply::Reply;
 use crate::router::{Handler, Route};
 use crate::signature;
@@ -30,6 +31,16 @@ pub const ANSWER_WITHIN: Duration = Duration::from_millis(4500);
 
 /// How long slow work may keep running after a try gave up on it: WeChat's three tries span ~15 s.
 pub const SLOW_WORK_LIMIT: Duration = Duration::from_secs(15);
+
+/// A try arriving this long after the first is WeChat's last (tries come ~5 s apart).
+pub const LAST_TRY_AFTER: Duration = Duration::from_millis(9500);
+
+/// Whether a try is WeChat's last for its message: try 3, or one arriving [`LAST_TRY_AFTER`]
+/// the first (an earlier try may have been lost). The last try must answer within its own
+/// deadline; earlier ones may wait for the work, as WeChat will try again.
+pub fn is_last_try(attempt: u32, since_first: Duration) -> bool {
+    attempt >= 3 || since_first >= LAST_TRY_AFTER
+}
 
 /// A finished answer, kept for retries: the exact bytes sent the first time.
 #[derive(Clone, Debug)]
@@ -69,6 +80,8 @@ struct App {
     live: RwLock<Arc<Live>>,
     handler: RwLock<Arc<dyn Handler>>,
     dedup: Dedup<Answer>,
+    /// Results of slow work that missed the last try, for the user's next message.
+    pending: Pending,
     stopping: AtomicBool,
     /// Why the server can no longer serve (its accept loop ended); `wxmp serve` exits on it.
     fatal: std::sync::Mutex<Option<String>>,
@@ -99,6 +112,7 @@ impl Server {
             live: RwLock::new(Arc::new(Live::new(config)?)),
             handler: RwLock::new(handler),
             dedup: Dedup::default(),
+            pending: Pending::default(),
             stopping: AtomicBool::new(false),
             fatal: std::sync::Mutex::new(None),
             detached: AtomicUsize::new(0),
@@ -166,6 +180,8 @@ impl Server {
         if left > 0 {
             warn!("shutdown: {left} slow request(s) still running after {grace:?}, leaving them");
         }
+        // No command's program outlives the server: its timeout would no longer be enforced.
+        crate::exec::stop_all(Duration::from_millis(500));
     }
 }
 
@@ -537,16 +553,18 @@ fn log_answer(msg: &Message, answer: &Answer, ctx: &Ctx, note: &str) {
 fn first_try(app: &Arc<App>, req: Request, msg: Message, ticket: Ticket<Answer>, ctx: Ctx) {
     match route_safely(app, &msg) {
         Route::Now(reply) => {
+            let reply = app.pending.attach(&msg.from_user, reply);
             let answer = render(&reply, &msg, ctx.seal.as_deref());
             ticket.complete(answer.clone());
             log_answer(&msg, &answer, &ctx, "");
             respond_answer(req, &answer);
         }
         Route::Later(job) => {
+            // The job completes the ticket; the request itself waits like a retry would.
+            let watch = ticket.watch();
             let app2 = Arc::clone(app);
             let msg2 = msg.clone();
             let seal = ctx.seal.clone();
-            // The job completes the ticket; the request itself waits like a retry would.
             let spawned = thread::Builder::new()
                 .name("wxmp-job".into())
                 .spawn(move || {
@@ -557,33 +575,29 @@ fn first_try(app: &Arc<App>, req: Request, msg: Message, ticket: Ticket<Answer>,
                         );
                         Reply::Success
                     });
-                    ticket.complete(render(&reply, &msg2, seal.as_deref()));
-                    drop(app2);
+                    let key = msg2.dedup_key();
+                    app2.pending.finish(&key, &msg2.from_user, reply, |reply| {
+                        ticket.complete(render(&reply, &msg2, seal.as_deref()));
+                    });
                 });
             if let Err(e) = spawned {
                 error!("cannot start a job thread: {e}; answered success");
                 return respond_answer(req, &render(&Reply::Success, &msg, None));
             }
-            match app.dedup.claim(&msg.dedup_key()) {
-                Claim::Repeat(mut repeat) => {
-                    // This is the first try still; do not count it as a retry.
-                    repeat.attempt = 1;
-                    repeated_try(app, req, msg, repeat, ctx)
-                }
-                Claim::First(t) => {
-                    // Evicted already (table overflow): answer success rather than run twice.
-                    drop(t);
-                    respond_answer(req, &render(&Reply::Success, &msg, None));
-                }
-            }
+            repeated_try(app, req, msg, watch, ctx);
         }
     }
 }
 
 /// A try of a message whose first try is done or under way: answer with the first try's bytes.
 fn repeated_try(app: &Arc<App>, req: Request, msg: Message, repeat: Repeat<Answer>, ctx: Ctx) {
+    let note = if repeat.attempt > 1 {
+        format!(" (try {}, same answer)", repeat.attempt)
+    } else {
+        String::new()
+    };
     if repeat.is_settled() {
-        return answer_repeat(req, &msg, repeat.wait(Duration::ZERO), &ctx, repeat.attempt);
+        return answer_repeat(req, &msg, repeat.wait(Duration::ZERO), &ctx, &note);
     }
     // Waiting can take seconds: do it off the recv loop.
     app.detached.fetch_add(1, Ordering::SeqCst);
@@ -591,10 +605,19 @@ fn repeated_try(app: &Arc<App>, req: Request, msg: Message, repeat: Repeat<Answe
     let spawned = thread::Builder::new()
         .name("wxmp-wait".into())
         .spawn(move || {
-            // Keep the connection until the work is done: answering `success` early would stop
-            // WeChat's retries, and WeChat drops the connection itself after 5 s.
-            let answer = repeat.wait(SLOW_WORK_LIMIT);
-            answer_repeat(req, &msg, answer, &ctx, repeat.attempt);
+            let answer = if is_last_try(repeat.attempt, repeat.since_first()) {
+                // WeChat stops trying after this one: answer within this try's deadline.
+                let left = (ctx.start + ANSWER_WITHIN).saturating_duration_since(Instant::now());
+                match repeat.wait(left) {
+                    Some(answer) => Some(answer),
+                    None => give_up(&app2, &msg, &repeat, ctx.seal.as_deref()),
+                }
+            } else {
+                // Keep the connection until the work is done: answering `success` early would
+                // stop WeChat's retries, and WeChat drops the connection itself after 5 s.
+                repeat.wait(SLOW_WORK_LIMIT)
+            };
+            answer_repeat(req, &msg, answer, &ctx, &note);
             app2.detached.fetch_sub(1, Ordering::SeqCst);
         });
     if let Err(e) = spawned {
@@ -603,14 +626,32 @@ fn repeated_try(app: &Arc<App>, req: Request, msg: Message, repeat: Repeat<Answe
     }
 }
 
-fn answer_repeat(req: Request, msg: &Message, answer: Option<Answer>, ctx: &Ctx, attempt: u32) {
-    let note = if attempt > 1 {
-        format!(" (try {attempt}, same answer)")
-    } else {
-        String::new()
-    };
+/// The last try found the work still running: its answer is the notice that the result will
+/// follow, and the result goes with the user's next message (or the result, if it just came).
+fn give_up(
+    app: &App,
+    msg: &Message,
+    repeat: &Repeat<Answer>,
+    seal: Option<&MsgCrypt>,
+) -> Option<Answer> {
+    if repeat.is_settled() {
+        return repeat.wait(Duration::ZERO);
+    }
+    let key = msg.dedup_key();
+    if let Some(answer) = app.pending.give_up(&key, || repeat.wait(Duration::ZERO)) {
+        return Some(answer);
+    }
+    info!(
+        "{} {}: still running at WeChat's last try; the result will come with the next message",
+        msg.from_user,
+        msg.summary()
+    );
+    Some(render(&Reply::Text(pending::NOTICE.into()), msg, seal))
+}
+
+fn answer_repeat(req: Request, msg: &Message, answer: Option<Answer>, ctx: &Ctx, note: &str) {
     let answer = answer.unwrap_or_else(|| render(&Reply::Success, msg, None));
-    log_answer(msg, &answer, ctx, &note);
+    log_answer(msg, &answer, ctx, note);
     respond_answer(req, &answer);
 }
 
@@ -624,6 +665,15 @@ mod tests {
         assert_eq!(percent_decode("%E4%BD%A0"), "你");
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn the_last_try_is_the_third_or_a_late_one() {
+        assert!(!is_last_try(1, Duration::ZERO));
+        assert!(!is_last_try(2, Duration::from_secs(5)));
+        assert!(is_last_try(3, Duration::from_secs(1)));
+        assert!(is_last_try(2, Duration::from_millis(9500)));
+        assert!(!is_last_try(1, Duration::from_millis(9499)));
     }
 
     #[test]

@@ -1,0 +1,1063 @@
+//! `[[command]]` tables of `wxmp.toml`: which messages a command answers and what it answers.
+//!
+//! Each table has exactly one match rule (`name`/`aliases`, `prefix`, `regex`, or `event` with
+//! an optional `key`) and exactly one action (`reply`, `file`, `exec`, `image`, `voice`, `video`,
+//! `music`, `news`). [`parse_commands`] checks every table and lists every problem, each naming
+//! the command and the key, so `wxmp check` can show them all at once.
+
+use crate::reply::{Article, Reply, MAX_ARTICLES};
+use regex::Regex;
+use std::fmt::Write as _;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::{Table, Value};
+
+/// How long an `exec` command may run when its table sets no `timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// The longest `timeout` allowed, in seconds: WeChat's three tries span about 15 s.
+pub const MAX_TIMEOUT_SECS: f64 = 14.0;
+
+/// The keys a `[[command]]` table may have.
+pub const KEYS: [&str; 17] = [
+    "name", "aliases", "prefix", "regex", "event", "key", "reply", "file", "exec", "image",
+    "voice", "video", "music", "news", "admin", "help", "timeout",
+];
+
+/// The action keys; a table has exactly one.
+pub const ACTIONS: [&str; 8] = [
+    "reply", "file", "exec", "image", "voice", "video", "music", "news",
+];
+
+/// The events an event command may name (compared without ASCII case): those that carry an
+/// `EventKey` and whose reply WeChat shows.
+pub const EVENTS: [&str; 11] = [
+    "subscribe",
+    "SCAN",
+    "CLICK",
+    "VIEW",
+    "view_miniprogram",
+    "scancode_push",
+    "scancode_waitmsg",
+    "pic_sysphoto",
+    "pic_photo_or_album",
+    "pic_weixin",
+    "location_select",
+];
+
+/// The placeholders replaced in `reply` text and `exec` arguments.
+pub const PLACEHOLDERS: &str = "{args}, {0}..{9}, {openid}, {content}";
+
+/// One checked `[[command]]` table.
+#[derive(Debug, Clone)]
+pub struct Command {
+    /// Its position in the file, from 1.
+    pub index: usize,
+    /// Which messages it answers.
+    pub matcher: Matcher,
+    /// What it answers with.
+    pub action: Action,
+    /// Whether only the openids in `admins` may run it.
+    pub admin: bool,
+    /// The text the built-in help shows for it.
+    pub help: Option<String>,
+    /// How long an `exec` program may run before its process group is killed.
+    pub timeout: Duration,
+}
+
+/// A command's match rule.
+#[derive(Debug, Clone)]
+pub enum Matcher {
+    /// The trimmed text equals one of these (ASCII case-insensitive): `name` then `aliases`.
+    Name(Vec<String>),
+    /// The text starts with this (ASCII case-insensitive); the rest is `{args}`.
+    Prefix(String),
+    /// The text matches this; `{0}` is the whole match, `{1}`..`{9}` its groups.
+    Regex(Regex),
+    /// An event (lowercased name) and, when given, its key.
+    Event {
+        /// The `Event` value, lowercased.
+        event: String,
+        /// The `EventKey` to match; `None` matches every key.
+        key: Option<String>,
+    },
+}
+
+/// A command's action.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// A fixed text with placeholders.
+    Reply(String),
+    /// A file read at each request (resolved against the config folder).
+    File(PathBuf),
+    /// A program run directly (never through a shell) with argument templates.
+    Exec {
+        /// The program: a path resolved against the config folder when it holds a `/`, else a
+        /// name looked up on `PATH`.
+        program: PathBuf,
+        /// The argument templates, one argv item each.
+        args: Vec<String>,
+    },
+    /// A fixed image, voice, video or music reply.
+    Media(Reply),
+    /// Articles (1 to 8); only the first is sent in answer to a user message.
+    News(Vec<Article>),
+}
+
+/// What a match captured, for placeholders.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Captures {
+    /// `{args}`: what follows a prefix, the first group of a regex, the scene of an event.
+    pub args: String,
+    /// `{0}`..`{9}`: the whole text (or regex match) and the groups (or a prefix's words).
+    pub groups: [String; 10],
+}
+
+impl Command {
+    /// What the text a user said must look like, in one line for listings.
+    pub fn rule(&self) -> String {
+        match &self.matcher {
+            Matcher::Name(names) => format!("name {}", names.join(" / ")),
+            Matcher::Prefix(p) => format!("prefix {p:?}"),
+            Matcher::Regex(r) => format!("regex '{}'", r.as_str()),
+            Matcher::Event { event, key } => match key {
+                Some(k) => format!("event {event} key {k:?}"),
+                None => format!("event {event} (any key)"),
+            },
+        }
+    }
+
+    /// The action in one line for listings.
+    pub fn describe_action(&self) -> String {
+        match &self.action {
+            Action::Reply(t) => format!("reply {:?}", one_line(t, 40)),
+            Action::File(p) => format!("file {}", p.display()),
+            Action::Exec { program, args } => {
+                let mut s = format!("exec {}", program.display());
+                for a in args {
+                    let _ = write!(s, " {a:?}");
+                }
+                let _ = write!(s, " (timeout {}s)", self.timeout.as_secs_f64());
+                s
+            }
+            Action::Media(r) => format!("{} reply", r.kind()),
+            Action::News(a) => format!("news, {} article(s)", a.len()),
+        }
+    }
+
+    /// Whether this is an event command.
+    pub fn is_event(&self) -> bool {
+        matches!(self.matcher, Matcher::Event { .. })
+    }
+
+    /// Whether `said` (already trimmed) has exactly one of this command's names.
+    pub fn has_name(&self, said: &str) -> bool {
+        match &self.matcher {
+            Matcher::Name(names) => names.iter().any(|n| n.eq_ignore_ascii_case(said)),
+            _ => false,
+        }
+    }
+
+    /// Matches the text a user said (trimmed); `None` for event commands.
+    pub fn match_text(&self, said: &str) -> Option<Captures> {
+        let mut c = Captures::default();
+        match &self.matcher {
+            Matcher::Name(_) if self.has_name(said) => {
+                c.groups[0] = said.to_string();
+            }
+            Matcher::Prefix(p) => {
+                let head = said.get(..p.len())?;
+                if !head.eq_ignore_ascii_case(p) {
+                    return None;
+                }
+                let rest = said.get(p.len()..)?.trim();
+                c.groups[0] = said.to_string();
+                for (slot, word) in c.groups[1..].iter_mut().zip(rest.split_whitespace()) {
+                    *slot = word.to_string();
+                }
+                c.args = rest.to_string();
+            }
+            Matcher::Regex(r) => {
+                let caps = r.captures(said)?;
+                for (i, slot) in c.groups.iter_mut().enumerate() {
+                    if let Some(m) = caps.get(i) {
+                        *slot = m.as_str().to_string();
+                    }
+                }
+                c.args = c.groups[1].clone();
+            }
+            _ => return None,
+        }
+        Some(c)
+    }
+
+    /// Matches an event by name (any case) and `EventKey`; a configured key matches the raw
+    /// key or the scene after `qrscene_` (subscribe events from a parametric QR code).
+    pub fn match_event(&self, event: &str, event_key: &str) -> Option<Captures> {
+        let Matcher::Event { event: want, key } = &self.matcher else {
+            return None;
+        };
+        if !want.eq_ignore_ascii_case(event) {
+            return None;
+        }
+        let got = scene(event_key);
+        if let Some(k) = key {
+            if k != event_key && scene(k) != got {
+                return None;
+            }
+        }
+        let mut c = Captures::default();
+        c.groups[0] = event_key.to_string();
+        c.args = got.to_string();
+        Some(c)
+    }
+}
+
+/// An event key without the `qrscene_` prefix of subscribe events.
+fn scene(key: &str) -> &str {
+    key.strip_prefix("qrscene_").unwrap_or(key)
+}
+
+/// `text` on one line, cut to `max` characters with `…`.
+fn one_line(text: &str, max: usize) -> String {
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if flat.chars().count() > max {
+        flat.chars().take(max).chain(['…']).collect()
+    } else {
+        flat
+    }
+}
+
+/// The values of the placeholders for one message.
+#[derive(Debug, Clone, Default)]
+pub struct Vars {
+    /// What the match captured.
+    pub captures: Captures,
+    /// `{openid}`: the sender.
+    pub openid: String,
+    /// `{content}`: the text the user said (or the raw `EventKey` of an event).
+    pub content: String,
+}
+
+impl Vars {
+    /// The value of placeholder `name` (without braces), if it is one.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        match name {
+            "args" => Some(&self.captures.args),
+            "openid" => Some(&self.openid),
+            "content" => Some(&self.content),
+            _ => {
+                let mut chars = name.chars();
+                match (chars.next().and_then(|c| c.to_digit(10)), chars.next()) {
+                    (Some(d), None) => self.captures.groups.get(d as usize).map(String::as_str),
+                    _ => None,
+                }
+            }
+        }
+    }
+}
+
+/// Replaces the placeholders in `template` in one pass: a value is never scanned again, so a
+/// message holding `{openid}` stays literal text. Braces that are no placeholder stay as written.
+pub fn substitute(template: &str, vars: &Vars) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after.find('}').and_then(|close| {
+            let name = &after[..close];
+            vars.get(name).map(|value| (value, close))
+        }) {
+            Some((value, close)) => {
+                out.push_str(value);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether `text` holds any placeholder.
+pub fn has_placeholder(text: &str) -> bool {
+    let probe = Vars {
+        captures: Captures {
+            args: "\u{1}".into(),
+            groups: std::array::from_fn(|_| "\u{1}".to_string()),
+        },
+        openid: "\u{1}".into(),
+        content: "\u{1}".into(),
+    };
+    substitute(text, &probe) != text
+}
+
+/// Collects the problems of one table, each prefixed with the command's label.
+struct Check<'a> {
+    label: String,
+    table: &'a Table,
+    errors: &'a mut Vec<String>,
+}
+
+impl Check<'_> {
+    fn err(&mut self, key: &str, why: impl std::fmt::Display) {
+        self.errors
+            .push(format!("{}: key `{key}`: {why}", self.label));
+    }
+
+    fn err_table(&mut self, why: impl std::fmt::Display) {
+        self.errors.push(format!("{}: {why}", self.label));
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.table.contains_key(key)
+    }
+
+    /// A string value; `None` (with an error) when it is another type.
+    fn string(&mut self, key: &str) -> Option<String> {
+        match self.table.get(key)? {
+            Value::String(s) => Some(s.clone()),
+            other => {
+                self.err(key, format!("must be text, not {}", other.type_str()));
+                None
+            }
+        }
+    }
+
+    /// A string value that must not be blank.
+    fn text(&mut self, key: &str) -> Option<String> {
+        let s = self.string(key)?;
+        if s.trim().is_empty() {
+            self.err(key, "must not be empty");
+            return None;
+        }
+        Some(s)
+    }
+
+    fn strings(&mut self, key: &str) -> Option<Vec<String>> {
+        match self.table.get(key)? {
+            Value::Array(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, v) in items.iter().enumerate() {
+                    match v {
+                        Value::String(s) => out.push(s.clone()),
+                        other => {
+                            self.err(
+                                key,
+                                format!("item {} must be text, not {}", i + 1, other.type_str()),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                Some(out)
+            }
+            other => {
+                self.err(
+                    key,
+                    format!("must be a list of texts, not {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// A label naming table `index` (from 1) for error messages: `command #2 "天气"`.
+fn label(index: usize, table: &Table) -> String {
+    let named = |k: &str| match table.get(k) {
+        Some(Value::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    match (
+        named("name"),
+        named("prefix"),
+        named("regex"),
+        named("event"),
+    ) {
+        (Some(n), ..) => format!("command #{index} (name {n:?})"),
+        (_, Some(p), ..) => format!("command #{index} (prefix {p:?})"),
+        (_, _, Some(r), _) => format!("command #{index} (regex '{r}')"),
+        (_, _, _, Some(e)) => match named("key") {
+            Some(k) => format!("command #{index} (event {e} key {k:?})"),
+            None => format!("command #{index} (event {e})"),
+        },
+        _ => format!("command #{index}"),
+    }
+}
+
+/// Checks the `[[command]]` tables; relative paths are resolved against `base_dir` (the config
+/// file's folder). Every problem is listed, each naming the command and the key.
+pub fn parse_commands(tables: &[Table], base_dir: &Path) -> Result<Vec<Command>, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut commands = Vec::with_capacity(tables.len());
+    for (i, table) in tables.iter().enumerate() {
+        let mut check = Check {
+            label: label(i + 1, table),
+            table,
+            errors: &mut errors,
+        };
+        if let Some(c) = parse_one(i + 1, &mut check, base_dir) {
+            commands.push(c);
+        }
+    }
+    check_shadowing(&commands, &mut errors);
+    if errors.is_empty() {
+        Ok(commands)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Two commands with the same name or the same event and key: the second could never answer.
+fn check_shadowing(commands: &[Command], errors: &mut Vec<String>) {
+    for (j, later) in commands.iter().enumerate() {
+        for earlier in &commands[..j] {
+            match (&earlier.matcher, &later.matcher) {
+                (Matcher::Name(a), Matcher::Name(b)) => {
+                    if let Some(n) = b
+                        .iter()
+                        .find(|n| a.iter().any(|m| m.eq_ignore_ascii_case(n)))
+                    {
+                        errors.push(format!(
+                            "command #{} (name {:?}): key `name`/`aliases`: {n:?} is already a name of command #{}, which always answers first",
+                            later.index, b[0], earlier.index
+                        ));
+                    }
+                }
+                (Matcher::Event { event: e1, key: k1 }, Matcher::Event { event: e2, key: k2 })
+                    if e1 == e2 && (k1.is_none() || k1 == k2) =>
+                {
+                    errors.push(format!(
+                        "command #{} (event {e2}): key `key`: command #{} already answers this event{}",
+                        later.index,
+                        earlier.index,
+                        if k1.is_none() { " with any key" } else { " and key" }
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn parse_one(index: usize, c: &mut Check, base_dir: &Path) -> Option<Command> {
+    let before = c.errors.len();
+    let mut keys: Vec<&String> = c.table.keys().collect();
+    keys.sort();
+    for key in keys {
+        if !KEYS.contains(&key.as_str()) {
+            let key = key.clone();
+            c.err(
+                &key,
+                format!("unknown key; a command may have: {}", KEYS.join(", ")),
+            );
+        }
+    }
+
+    // The match rule.
+    let rules: Vec<&str> = [
+        (c.has("name") || c.has("aliases"), "name"),
+        (c.has("prefix"), "prefix"),
+        (c.has("regex"), "regex"),
+        (c.has("event") || c.has("key"), "event"),
+    ]
+    .into_iter()
+    .filter_map(|(present, k)| present.then_some(k))
+    .collect();
+    let matcher = match rules.as_slice() {
+        [] => {
+            c.err_table("has no match rule: add `name`, `prefix`, `regex` or `event` (+ `key`)");
+            None
+        }
+        [one] => parse_matcher(one, c),
+        many => {
+            c.err(
+                many[1],
+                format!(
+                    "a command has exactly one match rule, but this one has {}",
+                    many.join(" and ")
+                ),
+            );
+            None
+        }
+    };
+
+    // The action.
+    let actions: Vec<&str> = ACTIONS.iter().copied().filter(|k| c.has(k)).collect();
+    let timeout = parse_timeout(c, actions.as_slice() == ["exec"]);
+    let action = match actions.as_slice() {
+        [] => {
+            c.err_table(format!("has no action: add one of {}", ACTIONS.join(", ")));
+            None
+        }
+        [one] => parse_action(one, c, base_dir),
+        many => {
+            c.err(
+                many[1],
+                format!(
+                    "a command has exactly one action, but this one has {}",
+                    many.join(" and ")
+                ),
+            );
+            None
+        }
+    };
+    let admin = match c.table.get("admin") {
+        None => false,
+        Some(Value::Boolean(b)) => *b,
+        Some(other) => {
+            let t = other.type_str();
+            c.err("admin", format!("must be true or false, not {t}"));
+            false
+        }
+    };
+    let help = c.string("help");
+
+    if c.errors.len() != before {
+        return None;
+    }
+    Some(Command {
+        index,
+        matcher: matcher?,
+        action: action?,
+        admin,
+        help,
+        timeout,
+    })
+}
+
+fn parse_matcher(rule: &str, c: &mut Check) -> Option<Matcher> {
+    match rule {
+        "name" => {
+            if !c.has("name") {
+                c.err("aliases", "needs a `name` to go with it");
+                return None;
+            }
+            let name = c.text("name")?.trim().to_string();
+            let mut names = vec![name];
+            for alias in c.strings("aliases").unwrap_or_default() {
+                if alias.trim().is_empty() {
+                    c.err("aliases", "an alias must not be empty");
+                    return None;
+                }
+                names.push(alias.trim().to_string());
+            }
+            Some(Matcher::Name(names))
+        }
+        "prefix" => Some(Matcher::Prefix(c.text("prefix")?)),
+        "regex" => {
+            let source = c.text("regex")?;
+            match Regex::new(&source) {
+                Ok(r) => Some(Matcher::Regex(r)),
+                Err(e) => {
+                    c.err("regex", format!("is not a valid regular expression: {e}"));
+                    None
+                }
+            }
+        }
+        _ => {
+            if !c.has("event") {
+                c.err(
+                    "key",
+                    "needs an `event` to go with it (event = \"CLICK\", say)",
+                );
+                return None;
+            }
+            let event = c.text("event")?;
+            if !EVENTS.iter().any(|e| e.eq_ignore_ascii_case(event.trim())) {
+                c.err(
+                    "event",
+                    format!(
+                        "{event:?} is not an event a command can answer; use one of {}",
+                        EVENTS.join(", ")
+                    ),
+                );
+                return None;
+            }
+            let key = match c.table.get("key") {
+                None => None,
+                Some(_) => Some(c.text("key")?.trim().to_string()),
+            };
+            Some(Matcher::Event {
+                event: event.trim().to_ascii_lowercase(),
+                key,
+            })
+        }
+    }
+}
+
+fn parse_timeout(c: &mut Check, is_exec: bool) -> Duration {
+    let secs = match c.table.get("timeout") {
+        None => return DEFAULT_TIMEOUT,
+        Some(Value::Integer(n)) => *n as f64,
+        Some(Value::Float(f)) => *f,
+        Some(other) => {
+            let t = other.type_str();
+            c.err("timeout", format!("must be a number of seconds, not {t}"));
+            return DEFAULT_TIMEOUT;
+        }
+    };
+    if !is_exec {
+        c.err("timeout", "only applies to `exec` commands");
+    }
+    if !(secs > 0.0 && secs <= MAX_TIMEOUT_SECS) {
+        c.err(
+            "timeout",
+            format!(
+                "{secs} is out of range: more than 0 and at most {MAX_TIMEOUT_SECS} seconds \
+                 (WeChat's three tries span about 15 s)"
+            ),
+        );
+        return DEFAULT_TIMEOUT;
+    }
+    Duration::from_secs_f64(secs)
+}
+
+fn parse_action(key: &str, c: &mut Check, base_dir: &Path) -> Option<Action> {
+    match key {
+        "reply" => Some(Action::Reply(c.text("reply")?)),
+        "file" => {
+            let file = c.text("file")?;
+            let path = base_dir.join(file.trim()).components().collect::<PathBuf>();
+            if path.is_dir() {
+                c.err(
+                    "file",
+                    format!("{} is a folder, not a file", path.display()),
+                );
+                return None;
+            }
+            match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() && !parent.is_dir() => {
+                    c.err(
+                        "file",
+                        format!(
+                            "the folder {} does not exist (create it for the file's writer)",
+                            parent.display()
+                        ),
+                    );
+                    None
+                }
+                _ => Some(Action::File(path)),
+            }
+        }
+        "exec" => {
+            let argv = c.strings("exec")?;
+            let Some((program, args)) = argv.split_first() else {
+                c.err(
+                    "exec",
+                    "must name a program: exec = [\"./script.sh\", \"{args}\"]",
+                );
+                return None;
+            };
+            if program.trim().is_empty() {
+                c.err("exec", "the program (first item) must not be empty");
+                return None;
+            }
+            if has_placeholder(program) {
+                c.err(
+                    "exec",
+                    "the program (first item) must be fixed: placeholders go in the arguments",
+                );
+                return None;
+            }
+            match find_program(program, base_dir) {
+                Ok(program) => Some(Action::Exec {
+                    program,
+                    args: args.to_vec(),
+                }),
+                Err(why) => {
+                    c.err("exec", why);
+                    None
+                }
+            }
+        }
+        "image" => Some(Action::Media(Reply::Image {
+            media_id: c.text("image")?,
+        })),
+        "voice" => Some(Action::Media(Reply::Voice {
+            media_id: c.text("voice")?,
+        })),
+        "video" => {
+            let mut f = fields(
+                c,
+                "video",
+                &["media_id", "title", "description"],
+                "media_id",
+            )?;
+            Some(Action::Media(Reply::Video {
+                media_id: f.take("media_id"),
+                title: f.take("title"),
+                description: f.take("description"),
+            }))
+        }
+        "music" => {
+            let mut f = fields(
+                c,
+                "music",
+                &[
+                    "title",
+                    "description",
+                    "music_url",
+                    "hq_music_url",
+                    "thumb_media_id",
+                ],
+                "thumb_media_id",
+            )?;
+            for url in ["music_url", "hq_music_url"] {
+                if !f.get(url).is_empty() && !is_http(f.get(url)) {
+                    c.err(
+                        &format!("music.{url}"),
+                        "must start with http:// or https://",
+                    );
+                    return None;
+                }
+            }
+            Some(Action::Media(Reply::Music {
+                title: f.take("title"),
+                description: f.take("description"),
+                music_url: f.take("music_url"),
+                hq_music_url: f.take("hq_music_url"),
+                thumb_media_id: f.take("thumb_media_id"),
+            }))
+        }
+        _ => parse_news(c),
+    }
+}
+
+fn is_http(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
+}
+
+/// The text fields of an inline table such as `video = { media_id = "…", title = "…" }`.
+struct Fields(Vec<(String, String)>);
+
+impl Fields {
+    fn get(&self, k: &str) -> &str {
+        self.0
+            .iter()
+            .find(|(n, _)| n == k)
+            .map_or("", |(_, v)| v.as_str())
+    }
+
+    fn take(&mut self, k: &str) -> String {
+        self.0
+            .iter_mut()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| std::mem::take(v))
+            .unwrap_or_default()
+    }
+}
+
+/// Reads table `value` (named `what` in errors) holding only text keys from `allowed`, of which
+/// `required` must be non-empty.
+fn table_fields(
+    value: &Value,
+    what: &str,
+    allowed: &[&str],
+    required: &str,
+    errors: &mut Vec<(String, String)>,
+) -> Option<Fields> {
+    let Value::Table(t) = value else {
+        errors.push((
+            what.to_string(),
+            format!(
+                "must be a table such as {{ {required} = \"…\" }}, not {}",
+                value.type_str()
+            ),
+        ));
+        return None;
+    };
+    let before = errors.len();
+    let mut out = Vec::new();
+    for (k, v) in t {
+        if !allowed.contains(&k.as_str()) {
+            errors.push((
+                format!("{what}.{k}"),
+                format!("unknown key; allowed: {}", allowed.join(", ")),
+            ));
+            continue;
+        }
+        match v {
+            Value::String(s) => out.push((k.clone(), s.clone())),
+            other => errors.push((
+                format!("{what}.{k}"),
+                format!("must be text, not {}", other.type_str()),
+            )),
+        }
+    }
+    if !out
+        .iter()
+        .any(|(k, v)| k == required && !v.trim().is_empty())
+    {
+        errors.push((
+            format!("{what}.{required}"),
+            "is required and must not be empty".to_string(),
+        ));
+    }
+    (errors.len() == before).then_some(Fields(out))
+}
+
+fn fields(c: &mut Check, key: &str, allowed: &[&str], required: &str) -> Option<Fields> {
+    let value = c.table.get(key)?;
+    let mut errors = Vec::new();
+    let f = table_fields(value, key, allowed, required, &mut errors);
+    for (k, why) in errors {
+        c.err(&k, why);
+    }
+    f
+}
+
+fn parse_news(c: &mut Check) -> Option<Action> {
+    let Some(Value::Array(items)) = c.table.get("news") else {
+        let t = c.table.get("news").map_or("nothing", Value::type_str);
+        c.err(
+            "news",
+            format!("must be a list of articles such as [{{ title = \"…\", url = \"https://…\" }}], not {t}"),
+        );
+        return None;
+    };
+    if items.is_empty() || items.len() > MAX_ARTICLES {
+        c.err(
+            "news",
+            format!(
+                "has {} articles; WeChat takes 1 to {MAX_ARTICLES}",
+                items.len()
+            ),
+        );
+        return None;
+    }
+    let mut articles = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let what = format!("news[{}]", i + 1);
+        let Some(mut f) = table_fields(
+            item,
+            &what,
+            &["title", "description", "url", "picurl"],
+            "title",
+            &mut errors,
+        ) else {
+            continue;
+        };
+        for url in ["url", "picurl"] {
+            if !f.get(url).is_empty() && !is_http(f.get(url)) {
+                errors.push((
+                    format!("{what}.{url}"),
+                    "must start with http:// or https://".into(),
+                ));
+            }
+        }
+        articles.push(Article {
+            title: f.take("title"),
+            description: f.take("description"),
+            pic_url: f.take("picurl"),
+            url: f.take("url"),
+        });
+    }
+    if !errors.is_empty() {
+        for (k, why) in errors {
+            c.err(&k, why);
+        }
+        return None;
+    }
+    Some(Action::News(articles))
+}
+
+/// Resolves an `exec` program: a path (holding `/`) against `base_dir`, which must be an
+/// executable file; a bare name must be an executable file in a `PATH` folder.
+pub fn find_program(program: &str, base_dir: &Path) -> Result<PathBuf, String> {
+    let executable = |p: &Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if program.contains('/') {
+        let path = base_dir.join(program).components().collect::<PathBuf>();
+        if !path.exists() {
+            return Err(format!("program {} does not exist", path.display()));
+        }
+        if !executable(&path) {
+            return Err(format!(
+                "program {} is not an executable file (chmod +x it, and start scripts with #!)",
+                path.display()
+            ));
+        }
+        return Ok(path);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|dir| executable(&dir.join(program))))
+        .unwrap_or(false);
+    if on_path {
+        Ok(PathBuf::from(program))
+    } else {
+        Err(format!(
+            "program {program:?} is not on PATH; give its path (\"./{program}\" for one in the config folder)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml: &str) -> Result<Vec<Command>, Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct F {
+            command: Vec<Table>,
+        }
+        let f: F = toml::from_str(toml).unwrap();
+        parse_commands(&f.command, Path::new("."))
+    }
+
+    fn vars(args: &str, openid: &str) -> Vars {
+        Vars {
+            captures: Captures {
+                args: args.into(),
+                groups: std::array::from_fn(|i| format!("g{i}")),
+            },
+            openid: openid.into(),
+            content: "C".into(),
+        }
+    }
+
+    #[test]
+    fn substitution_is_one_pass_and_leaves_other_braces() {
+        let v = vars("{openid}", "oX");
+        assert_eq!(
+            substitute("a {args} {openid} {0}{9} {content} {x} {10} {", &v),
+            "a {openid} oX g0g9 C {x} {10} {"
+        );
+        assert_eq!(substitute("{{args}}", &v), "{{openid}}");
+        assert!(has_placeholder("x{1}"));
+        assert!(!has_placeholder("{x}{}"));
+    }
+
+    #[test]
+    fn name_prefix_and_regex_matching() {
+        let cmds = parse(
+            r#"
+            [[command]]
+            name = "Weather"
+            aliases = ["天气"]
+            reply = "x"
+            [[command]]
+            prefix = "查"
+            reply = "{args}"
+            [[command]]
+            regex = '^价格\s+(\S+)$'
+            reply = "{1}"
+            "#,
+        )
+        .unwrap();
+        assert!(cmds[0].match_text("weather").is_some());
+        assert!(cmds[0].match_text("天气").is_some());
+        assert!(cmds[0].match_text("weather now").is_none());
+        let c = cmds[1].match_text("查 苹果  香蕉").unwrap();
+        assert_eq!(c.args, "苹果  香蕉");
+        assert_eq!(
+            (c.groups[1].as_str(), c.groups[2].as_str()),
+            ("苹果", "香蕉")
+        );
+        assert!(cmds[1].match_text("不查").is_none());
+        let c = cmds[2].match_text("价格 苹果").unwrap();
+        assert_eq!(
+            (c.groups[0].as_str(), c.groups[1].as_str()),
+            ("价格 苹果", "苹果")
+        );
+        assert!(cmds[2].match_text("价格").is_none());
+    }
+
+    #[test]
+    fn prefix_is_ascii_case_insensitive_and_char_safe() {
+        let cmds = parse("[[command]]\nprefix = \"q \"\nreply = \"x\"").unwrap();
+        assert_eq!(cmds[0].match_text("Q abc").unwrap().args, "abc");
+        // A prefix longer than a multi-byte text must not panic.
+        assert!(cmds[0].match_text("数").is_none());
+    }
+
+    #[test]
+    fn event_keys_match_raw_or_scene() {
+        let cmds = parse(
+            "[[command]]\nevent = \"subscribe\"\nkey = \"42\"\nreply = \"x\"\n[[command]]\nevent = \"CLICK\"\nreply = \"y\"",
+        )
+        .unwrap();
+        assert!(cmds[0].match_event("subscribe", "qrscene_42").is_some());
+        assert!(cmds[0].match_event("subscribe", "42").is_some());
+        assert!(cmds[0].match_event("subscribe", "qrscene_43").is_none());
+        assert!(cmds[0].match_event("SCAN", "42").is_none());
+        assert!(cmds[1].match_event("click", "ANY").is_some());
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_command_and_key() {
+        let errors = parse(
+            r#"
+            [[command]]
+            name = "a"
+            reply = "x"
+            replly = "y"
+            [[command]]
+            name = "b"
+            prefix = "c"
+            reply = "x"
+            [[command]]
+            name = "d"
+            reply = "x"
+            file = "f"
+            [[command]]
+            regex = "("
+            reply = "x"
+            [[command]]
+            name = "e"
+            exec = ["sh"]
+            timeout = 20
+            [[command]]
+            name = "f"
+            news = [{ title = "1" }, { title = "2" }, { title = "3" }, { title = "4" }, { title = "5" }, { title = "6" }, { title = "7" }, { title = "8" }, { title = "9" }]
+            [[command]]
+            event = "CLIK"
+            reply = "x"
+            [[command]]
+            reply = "no rule"
+            [[command]]
+            name = "g"
+            [[command]]
+            name = "ok"
+            reply = "x"
+            [[command]]
+            name = "h"
+            aliases = ["OK"]
+            reply = "dup"
+            "#,
+        )
+        .unwrap_err();
+        let expect = [
+            ("#1", "replly"),
+            ("#2", "prefix"),
+            ("#3", "file"),
+            ("#4", "regex"),
+            ("#5", "timeout"),
+            ("#6", "news"),
+            ("#7", "event"),
+            ("#8", "match rule"),
+            ("#9", "action"),
+            ("#11", "aliases"),
+        ];
+        assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+        for (n, k) in expect {
+            assert!(
+                errors.iter().any(|e| e.contains(n) && e.contains(k)),
+                "no error names {n} and {k}: {errors:#?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! Running a command's program: directly (never through a shell), in its own process group, with
+//! a deadline after which the whole group is killed.
+//!
+//! stdout and stderr are read on their own threads, so a program that writes a lot cannot block
+//! on a full pipe while wxmp waits for it to exit; each is captured up to [`OUTPUT_CAP`] bytes
+//! (the rest is read and dropped).
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The most bytes kept of a program's stdout, and of its stderr.
+pub const OUTPUT_CAP: usize = 1 << 20;
+
+/// The most programs running at once; more are refused with [`Status::Busy`] so a flood of
+/// messages cannot fork the machine to death.
+pub const MAX_RUNNING: usize = 32;
+
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// Set by [`stop_all`]: running programs are killed and new ones refused.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The program: a path, or a name looked up on `PATH`.
+    pub program: PathBuf,
+    /// The arguments, each passed as one argv item whatever it holds.
+    pub args: Vec<String>,
+    /// Variables added to the environment (wxmp's own `WXMP_*` variables are removed first).
+    pub env: Vec<(String, String)>,
+    /// The working directory.
+    pub dir: PathBuf,
+    /// How long the program may run before its process group is killed.
+    pub timeout: Duration,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// The program exited with this code.
+    Exited(i32),
+    /// A signal not sent by wxmp ended the program.
+    Signaled(i32),
+    /// The deadline passed; the process group was killed.
+    TimedOut,
+    /// The program could not be started (the reason).
+    NotStarted(String),
+    /// [`MAX_RUNNING`] programs were already running.
+    Busy,
+    /// The server is stopping ([`stop_all`]): the process group was killed, or never started.
+    Stopped,
+}
+
+/// The result of [`run`].
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// How the run ended.
+    pub status: Status,
+    /// stdout, lossily decoded, at most [`OUTPUT_CAP`] bytes.
+    pub stdout: String,
+    /// stderr, lossily decoded, at most [`OUTPUT_CAP`] bytes.
+    pub stderr: String,
+    /// Wall time from start to end.
+    pub elapsed: Duration,
+}
+
+impl Output {
+    fn failed(status: Status, start: Instant) -> Output {
+        Output {
+            status,
+            stdout: String::new(),
+            stderr: String::new(),
+            elapsed: start.elapsed(),
+        }
+    }
+}
+
+/// Decrements the running count when dropped.
+struct Slot;
+
+impl Slot {
+    fn take() -> Option<Slot> {
+        let mut n = RUNNING.load(Ordering::SeqCst);
+        loop {
+            if n >= MAX_RUNNING {
+                return None;
+            }
+            match RUNNING.compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return Some(Slot),
+                Err(now) => n = now,
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Kills the process group of every running program (within a few milliseconds, each run's own
+/// thread does it) and refuses new ones: for shutdown, so no program outlives the server
+/// unsupervised. Returns once none runs, or after `wait`.
+pub fn stop_all(wait: Duration) {
+    STOPPING.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + wait;
+    while running() > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// How many programs are running now.
+pub fn running() -> usize {
+    RUNNING.load(Ordering::SeqCst)
+}
+
+/// Captured bytes of one pipe, shared with its reader thread.
+type Captured = Arc<Mutex<Vec<u8>>>;
+
+/// Reads `pipe` to its end on a new thread, keeping the first [`OUTPUT_CAP`] bytes; `done` gets
+/// a message at the end.
+fn drain(mut pipe: impl Read + Send + 'static, done: mpsc::Sender<()>) -> Captured {
+    let out: Captured = Arc::default();
+    let buf = Arc::clone(&out);
+    let spawned = thread::Builder::new()
+        .name("wxmp-pipe".into())
+        .spawn(move || {
+            let mut chunk = [0u8; 8192];
+            loop {
+                match pipe.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let mut b = buf.lock().unwrap_or_else(PoisonError::into_inner);
+                        let room = OUTPUT_CAP.saturating_sub(b.len());
+                        b.extend_from_slice(&chunk[..n.min(room)]);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = done.send(());
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start a pipe reader thread: {e}");
+    }
+    out
+}
+
+fn text(c: &Captured) -> String {
+    String::from_utf8_lossy(&c.lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
+}
+
+/// Kills every process of group `pgid` (the program and whatever it started).
+fn kill_group(pgid: u32) {
+    if let Ok(pgid) = i32::try_from(pgid) {
+        if pgid > 0 {
+            // SAFETY: kill(2) takes plain integers and has no memory-safety preconditions; the
+            // group is our child's, which has not been reaped yet or still has members.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn status_of(s: ExitStatus) -> Status {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(code), _) => Status::Exited(code),
+        (None, Some(sig)) => Status::Signaled(sig),
+        (None, None) => Status::Exited(-1),
+    }
+}
+
+/// Runs `job`: stdin empty, stdout and stderr captured, the process group killed at the deadline.
+/// Never panics; every failure is a [`Status`].
+pub fn run(job: &Job) -> Output {
+    let start = Instant::now();
+    if STOPPING.load(Ordering::SeqCst) {
+        return Output::failed(Status::Stopped, start);
+    }
+    let Some(_slot) = Slot::take() else {
+        return Output::failed(Status::Busy, start);
+    };
+    let deadline = start + job.timeout;
+    let mut cmd = Command::new(&job.program);
+    cmd.args(&job.args)
+        .current_dir(&job.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("WXMP_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(job.env.iter().map(|(k, v)| (k, v)));
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return Output::failed(
+                Status::NotStarted(format!("{}: {e}", job.program.display())),
+                start,
+            )
+        }
+    };
+    let pgid = child.id();
+    let (tx, done) = mpsc::channel();
+    let stdout = child.stdout.take().map(|p| drain(p, tx.clone()));
+    let stderr = child.stderr.take().map(|p| drain(p, tx.clone()));
+    drop(tx);
+    let readers = usize::from(stdout.is_some()) + usize::from(stderr.is_some());
+
+    // Poll rather than wait on another thread: while try_wait says "running", the child is not
+    // reaped, so its pid (the group id) cannot have been reused when the group is killed.
+    let mut pause = Duration::from_millis(1);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break status_of(s),
+            Ok(None) => {}
+            Err(e) => {
+                log::error!("waiting for {} failed: {e}", job.program.display());
+                kill_group(pgid);
+                let _ = child.wait();
+                break Status::NotStarted(format!("wait failed: {e}"));
+            }
+        }
+        if STOPPING.load(Ordering::SeqCst) {
+            kill_group(pgid);
+            let _ = child.wait();
+            break Status::Stopped;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            kill_group(pgid);
+            let _ = child.wait();
+            break Status::TimedOut;
+        }
+        thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(10));
+    };
+    // The program is gone; what it started may still hold the pipes. Wait for the readers up to
+    // the deadline, then kill the rest of the group and keep what was read.
+    let mut ended = 0;
+    while ended < readers {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match done.recv_timeout(left) {
+            Ok(()) => ended += 1,
+            Err(_) => {
+                kill_group(pgid);
+                break;
+            }
+        }
+    }
+    Output {
+        status,
+        stdout: stdout.as_ref().map(text).unwrap_or_default(),
+        stderr: stderr.as_ref().map(text).unwrap_or_default(),
+        elapsed: start.elapsed(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str, timeout_ms: u64) -> Output {
+        run(&Job {
+            program: "sh".into(),
+            args: vec!["-c".into(), script.into(), "sh".into(), "a b;$(x)".into()],
+            env: vec![("WXMP_ARGS".into(), "A".into())],
+            dir: std::env::temp_dir(),
+            timeout: Duration::from_millis(timeout_ms),
+        })
+    }
+
+    #[test]
+    fn output_status_env_and_arguments() {
+        let o = sh(
+            "printf '%s|%s' \"$1\" \"$WXMP_ARGS\"; echo err >&2; exit 3",
+            5000,
+        );
+        assert_eq!(o.status, Status::Exited(3));
+        assert_eq!(o.stdout, "a b;$(x)|A");
+        assert_eq!(o.stderr, "err\n");
+    }
+
+    #[test]
+    fn timeout_kills_the_group() {
+        let t = Instant::now();
+        let o = sh("sleep 5 & sleep 5; echo never", 300);
+        assert_eq!(o.status, Status::TimedOut);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(o.stdout, "");
+    }
+
+    #[test]
+    fn chatty_output_is_capped_without_deadlock() {
+        let o = sh("head -c 3000000 /dev/zero | tr '\\0' x", 10_000);
+        assert_eq!(o.status, Status::Exited(0));
+        assert_eq!(o.stdout.len(), OUTPUT_CAP);
+    }
+
+    #[test]
+    fn missing_program_is_not_started() {
+        let o = run(&Job {
+            program: "/nonexistent/wxmp-test".into(),
+            args: vec![],
+            env: vec![],
+            dir: std::env::temp_dir(),
+            timeout: Duration::from_secs(1),
+        });
+        assert!(matches!(o.status, Status::NotStarted(_)), "{o:?}");
+    }
+}

@@ -1,0 +1,232 @@
+//! Results of slow commands that missed WeChat's last try, kept for the user's next message.
+//!
+//! When the last try of a message must answer before its command is done, it answers a notice
+//! ([`NOTICE`]) and marks the message *orphaned* ([`Pending::give_up`]). When the command then
+//! finishes ([`Pending::finish`]), its text is kept in the user's mailbox, and the user's next
+//! text answer starts with it ([`Pending::attach`]). Both steps take one lock, so a result that
+//! lands while the last try gives up is never lost nor delivered twice.
+
+use crate::reply::{truncate_text, Reply, TEXT_LIMIT};
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// What the last try answers when the command is still running.
+pub const NOTICE: &str = "结果还在生成，稍后发任意消息查看";
+
+/// Put before a late result in the next answer.
+pub const LATE_PREFIX: &str = "上次的结果：";
+
+/// How long a late result waits for the user's next message.
+pub const KEEP: Duration = Duration::from_secs(24 * 3600);
+
+/// At most this many users with late results; at most [`PER_USER`] results each.
+pub const MAX_USERS: usize = 1024;
+
+/// At most this many late results kept for one user (the oldest go first).
+pub const PER_USER: usize = 4;
+
+/// How long an orphan mark waits for its command (commands end within 15 s).
+const ORPHAN_TTL: Duration = Duration::from_secs(120);
+
+#[derive(Default)]
+struct Inner {
+    /// Dedup keys of messages whose last try answered [`NOTICE`], with when.
+    orphans: HashMap<String, Instant>,
+    /// Late results by openid, oldest first.
+    mailbox: HashMap<String, Vec<(Instant, String)>>,
+}
+
+/// The shared table of orphaned messages and late results (one per server; survives reloads).
+#[derive(Default)]
+pub struct Pending {
+    inner: Mutex<Inner>,
+}
+
+impl Pending {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every update is a complete insert or remove: a poisoned lock holds consistent data.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The last try of message `key` is about to answer. `done` looks (without waiting) for the
+    /// command's answer; when it is there it is returned, else the message is marked orphaned
+    /// and `None` says to answer [`NOTICE`].
+    pub fn give_up<T>(&self, key: &str, done: impl FnOnce() -> Option<T>) -> Option<T> {
+        let mut inner = self.lock();
+        if let Some(answer) = done() {
+            return Some(answer);
+        }
+        let now = Instant::now();
+        inner
+            .orphans
+            .retain(|_, at| now.duration_since(*at) < ORPHAN_TTL);
+        inner.orphans.insert(key.to_string(), now);
+        None
+    }
+
+    /// The command of message `key` from `openid` finished with `reply`. `complete` records the
+    /// answer for the message's tries; when the message was orphaned the text is also kept for
+    /// the user's next message, otherwise earlier late results are attached to it.
+    pub fn finish(&self, key: &str, openid: &str, reply: Reply, complete: impl FnOnce(Reply)) {
+        let mut inner = self.lock();
+        if inner.orphans.remove(key).is_some() {
+            match &reply {
+                Reply::Text(t) if !t.trim().is_empty() => {
+                    keep(&mut inner, openid, t.trim().to_string());
+                    log::info!("{openid}: a late result is kept for the next message");
+                }
+                other => log::warn!(
+                    "{openid}: a late {} result cannot be delivered with a later text; dropped",
+                    other.kind()
+                ),
+            }
+            complete(reply);
+        } else {
+            let reply = attach_locked(&mut inner, openid, reply);
+            complete(reply);
+        }
+    }
+
+    /// Starts a text answer to `openid` with the late results waiting for them (each after
+    /// [`LATE_PREFIX`]); other answers are returned as they are and the results keep waiting.
+    pub fn attach(&self, openid: &str, reply: Reply) -> Reply {
+        if !matches!(reply, Reply::Text(_)) {
+            return reply;
+        }
+        attach_locked(&mut self.lock(), openid, reply)
+    }
+
+    /// How many late results wait for `openid`.
+    pub fn waiting(&self, openid: &str) -> usize {
+        self.lock().mailbox.get(openid).map_or(0, Vec::len)
+    }
+}
+
+fn keep(inner: &mut Inner, openid: &str, text: String) {
+    let now = Instant::now();
+    if !inner.mailbox.contains_key(openid) && inner.mailbox.len() >= MAX_USERS {
+        inner.mailbox.retain(|_, v| {
+            v.retain(|(at, _)| now.duration_since(*at) < KEEP);
+            !v.is_empty()
+        });
+        if inner.mailbox.len() >= MAX_USERS {
+            log::warn!(
+                "{openid}: {MAX_USERS} users already have late results; this one is dropped"
+            );
+            return;
+        }
+    }
+    let box_ = inner.mailbox.entry(openid.to_string()).or_default();
+    if box_.len() >= PER_USER {
+        box_.remove(0);
+    }
+    box_.push((now, text));
+}
+
+fn attach_locked(inner: &mut Inner, openid: &str, reply: Reply) -> Reply {
+    let Reply::Text(answer) = reply else {
+        return reply;
+    };
+    let Some(results) = inner.mailbox.remove(openid) else {
+        return Reply::Text(answer);
+    };
+    let now = Instant::now();
+    let results: Vec<String> = results
+        .into_iter()
+        .filter(|(at, _)| now.duration_since(*at) < KEEP)
+        .map(|(_, t)| t)
+        .collect();
+    if results.is_empty() {
+        return Reply::Text(answer);
+    }
+    // Leave room for the new answer: the late results are cut first.
+    let overhead = (LATE_PREFIX.len() + 2) * results.len();
+    let budget = TEXT_LIMIT
+        .saturating_sub(answer.len() + overhead)
+        .max(TEXT_LIMIT / 4)
+        / results.len();
+    let mut text = String::new();
+    for r in &results {
+        text.push_str(LATE_PREFIX);
+        text.push_str(&truncate_text(r, budget));
+        text.push_str("\n\n");
+    }
+    text.push_str(&answer);
+    Reply::Text(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn orphaned_result_is_attached_to_the_next_text_only() {
+        let p = Pending::default();
+        assert_eq!(p.give_up::<()>("k", || None), None);
+        let mut recorded = None;
+        p.finish("k", "oU", Reply::Text("RESULT".into()), |r| {
+            recorded = Some(r)
+        });
+        assert_eq!(recorded, Some(Reply::Text("RESULT".into())));
+        assert_eq!(p.waiting("oU"), 1);
+        let img = Reply::Image {
+            media_id: "m".into(),
+        };
+        assert_eq!(p.attach("oU", img.clone()), img);
+        assert_eq!(
+            p.attach("oOther", Reply::Text("x".into())),
+            Reply::Text("x".into())
+        );
+        assert_eq!(
+            p.attach("oU", Reply::Text("new".into())),
+            Reply::Text("上次的结果：RESULT\n\nnew".into())
+        );
+        assert_eq!(p.waiting("oU"), 0);
+        assert_eq!(
+            p.attach("oU", Reply::Text("new".into())),
+            Reply::Text("new".into())
+        );
+    }
+
+    #[test]
+    fn a_finished_answer_is_taken_instead_of_orphaning() {
+        let p = Pending::default();
+        assert_eq!(p.give_up("k", || Some(5)), Some(5));
+        let mut got = None;
+        p.finish("k", "oU", Reply::Text("r".into()), |r| got = Some(r));
+        assert_eq!(got, Some(Reply::Text("r".into())));
+        assert_eq!(p.waiting("oU"), 0, "not orphaned, nothing kept");
+    }
+
+    #[test]
+    fn long_late_results_leave_room_for_the_answer() {
+        let p = Pending::default();
+        p.give_up::<()>("k", || None);
+        p.finish("k", "oU", Reply::Text("数".repeat(3000)), |_| {});
+        let Reply::Text(t) = p.attach("oU", Reply::Text("THE ANSWER".into())) else {
+            panic!()
+        };
+        assert!(t.len() <= TEXT_LIMIT, "{}", t.len());
+        assert!(t.ends_with("THE ANSWER"));
+    }
+
+    #[test]
+    fn give_up_and_finish_race_delivers_exactly_once() {
+        for _ in 0..200 {
+            let p = Arc::new(Pending::default());
+            let done = Arc::new(Mutex::new(None::<Reply>));
+            let (p2, d2) = (Arc::clone(&p), Arc::clone(&done));
+            let t = std::thread::spawn(move || {
+                p2.finish("k", "oU", Reply::Text("r".into()), |r| {
+                    *d2.lock().unwrap() = Some(r)
+                })
+            });
+            let took = p.give_up("k", || done.lock().unwrap().clone());
+            t.join().unwrap();
+            // Either this try answered with the result, or the result waits for the next message.
+            assert_eq!(took.is_some() as usize + p.waiting("oU"), 1);
+        }
+    }
+}

@@ -1,0 +1,956 @@
+//! Conversations with the real wxmp binary about `[[command]]` tables: every match rule, every
+//! action, placeholders, built-ins, admins, programs (injection, timeouts, failures, output
+//! limits), slow commands across WeChat's retries, SIGHUP reloads and `wxmp check`.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A folder holding a config file, scripts and data.
+struct Site {
+    dir: PathBuf,
+}
+
+impl Site {
+    fn new(tag: &str) -> Site {
+        Site { dir: temp_dir(tag) }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// Writes `text` to `rel`, creating folders.
+    fn write(&self, rel: &str, text: &str) {
+        let p = self.path(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, text).unwrap();
+    }
+
+    /// Writes an executable `#!/bin/sh` script.
+    fn script(&self, rel: &str, body: &str) {
+        self.write(rel, &format!("#!/bin/sh\n{body}\n"));
+        std::fs::set_permissions(self.path(rel), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap_or_default()
+    }
+
+    /// Writes `wxmp.toml` (test token, loopback port, then `rest`).
+    fn config(&self, rest: &str) {
+        self.write("wxmp.toml", &config_text(rest));
+    }
+
+    /// Writes the config and starts wxmp on it.
+    fn serve(&self, rest: &str) -> Wxmp {
+        self.config(rest);
+        Wxmp::start_in(&self.dir, &["serve", "--config", "wxmp.toml"], &[])
+    }
+
+    /// Writes the config and runs `wxmp check` on it.
+    fn check(&self, rest: &str) -> std::process::Output {
+        self.config(rest);
+        run_check(&self.dir, "wxmp.toml", &[])
+    }
+}
+
+fn config_text(rest: &str) -> String {
+    format!("token = \"{TOKEN}\"\nlisten = \"127.0.0.1:0\"\n{rest}\n")
+}
+
+fn run_check(dir: &Path, file: &str, envs: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"));
+    cmd.args(["check", "--config", file]).current_dir(dir);
+    for var in ["WXMP_TOKEN", "WXMP_LISTEN", "WXMP_LOG_DIR", "WXMP_CONFIG"] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(envs.iter().copied());
+    cmd.output().expect("run wxmp check")
+}
+
+/// The content of the text reply `resp` to `from` (failing on anything else).
+fn content_of(resp: &Resp, from: &str) -> String {
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let r = parse_reply(&resp.body);
+    assert_eq!(r.get("MsgType"), Some("text"), "{}", resp.body);
+    assert_eq!(r.get("ToUserName"), Some(from), "{}", resp.body);
+    assert_eq!(r.get("FromUserName"), Some(ACCOUNT));
+    r.get("Content").unwrap_or_default().to_string()
+}
+
+/// Sends text `said` from `from` and returns the text answer.
+fn say(w: &Wxmp, from: &str, said: &str) -> String {
+    content_of(&w.post_signed(&text(from, said)), from)
+}
+
+/// POSTs `body` like WeChat: `None` when no answer came within `timeout` (the connection is
+/// then dropped, as WeChat does after 5 s).
+fn post_within(w: &Wxmp, body: &str, timeout: Duration) -> Option<Resp> {
+    post_query_within(w, &signed_query("/", TOKEN), body, timeout)
+}
+
+/// [`post_within`] with a given signed query (safe mode).
+fn post_query_within(w: &Wxmp, q: &str, body: &str, timeout: Duration) -> Option<Resp> {
+    let mut s = TcpStream::connect(w.addr).expect("connect");
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let head = format!(
+        "POST {q} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        w.addr,
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    match s.read_to_end(&mut raw) {
+        Ok(_) if !raw.is_empty() => Some(parse_response(&raw)),
+        _ => None,
+    }
+}
+
+fn event(from: &str, name: &str, key: &str) -> String {
+    msg(from, "event", &[("Event", name), ("EventKey", key)])
+}
+
+// ---------------------------------------------------------------- match rules
+
+#[test]
+fn name_and_aliases_match_the_trimmed_text_ignoring_ascii_case() {
+    let site = Site::new("cmd-name");
+    let w = site.serve(
+        r#"
+[[command]]
+name = "天气"
+aliases = ["Weather", "tq"]
+reply = "晴 25°C"
+"#,
+    );
+    for said in ["天气", "  天气 \n", "weather", "WEATHER", "Tq"] {
+        assert_eq!(say(&w, "oA", said), "晴 25°C", "{said:?}");
+    }
+    for said in ["天气怎么样", "weathers", "今天天气"] {
+        assert_eq!(say(&w, "oA", said), DEFAULT_REPLY, "{said:?}");
+    }
+}
+
+#[test]
+fn prefix_passes_the_rest_as_args_and_words() {
+    let site = Site::new("cmd-prefix");
+    let w = site.serve(
+        r#"
+[[command]]
+prefix = "查"
+reply = "[{args}] [{1}] [{2}] [{3}] [{0}]"
+"#,
+    );
+    assert_eq!(
+        say(&w, "oA", "查 苹果  香蕉"),
+        "[苹果  香蕉] [苹果] [香蕉] [] [查 苹果  香蕉]"
+    );
+    assert_eq!(say(&w, "oA", "查苹果"), "[苹果] [苹果] [] [] [查苹果]");
+    assert_eq!(say(&w, "oA", "我查苹果"), DEFAULT_REPLY);
+}
+
+#[test]
+fn regex_groups_fill_numbered_placeholders() {
+    let site = Site::new("cmd-regex");
+    let w = site.serve(
+        r#"
+[[command]]
+regex = '^价格\s+(\S+)(?:\s+(\d+))?$'
+reply = "价格查询：{1} x{2} ({0}) args={args}"
+"#,
+    );
+    assert_eq!(
+        say(&w, "oA", "价格 苹果 3"),
+        "价格查询：苹果 x3 (价格 苹果 3) args=苹果"
+    );
+    assert_eq!(say(&w, "oA", "价格 梨"), "价格查询：梨 x (价格 梨) args=梨");
+    assert_eq!(say(&w, "oA", "价格"), DEFAULT_REPLY);
+}
+
+#[test]
+fn first_matching_command_in_file_order_wins() {
+    let site = Site::new("cmd-order");
+    let w = site.serve(
+        r#"
+[[command]]
+prefix = "查"
+reply = "prefix {args}"
+[[command]]
+name = "查询"
+reply = "never"
+[[command]]
+regex = '.*'
+reply = "catch-all {0}"
+"#,
+    );
+    assert_eq!(say(&w, "oA", "查询"), "prefix 询");
+    assert_eq!(say(&w, "oA", "别的"), "catch-all 别的");
+}
+
+#[test]
+fn openid_and_content_placeholders_and_braces_in_messages_stay_literal() {
+    let site = Site::new("cmd-vars");
+    let w = site.serve(
+        r#"
+[[command]]
+prefix = "echo"
+reply = "{openid}|{content}|{args}|{unknown}"
+"#,
+    );
+    assert_eq!(say(&w, "oBob", "echo hi"), "oBob|echo hi|hi|{unknown}");
+    // A message holding placeholder syntax is text, never expanded again.
+    assert_eq!(
+        say(&w, "oBob", "echo {openid} {content}"),
+        "oBob|echo {openid} {content}|{openid} {content}|{unknown}"
+    );
+}
+
+#[test]
+fn voice_recognition_is_matched_like_text() {
+    let site = Site::new("cmd-voice");
+    let w = site.serve("[[command]]\nname = \"天气\"\nreply = \"晴\"\n[[command]]\nprefix = \"查\"\nreply = \"{args}\"");
+    let voice = |rec: &str| {
+        msg(
+            "oV",
+            "voice",
+            &[
+                ("MediaId", "m1"),
+                ("Format", "amr"),
+                ("Recognition", rec),
+                ("MsgId", &fresh_id()),
+            ],
+        )
+    };
+    assert_eq!(content_of(&w.post_signed(&voice("天气。")), "oV"), "晴");
+    assert_eq!(content_of(&w.post_signed(&voice("查苹果！")), "oV"), "苹果");
+    let no_rec = msg("oV", "voice", &[("MediaId", "m"), ("MsgId", &fresh_id())]);
+    assert_eq!(content_of(&w.post_signed(&no_rec), "oV"), DEFAULT_REPLY);
+}
+
+// ---------------------------------------------------------------- actions
+
+#[test]
+fn file_is_read_at_each_request_relative_to_the_config_folder() {
+    let site = Site::new("cmd-file");
+    site.write(
+        "conf/wxmp.toml",
+        &config_text(
+            "[[command]]\nname = \"新闻\"\nfile = \"data/news.txt\"\n[[command]]\nname = \"管道\"\nfile = \"data/pipe\"",
+        ),
+    );
+    std::fs::create_dir_all(site.path("conf/data")).unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(site.path("conf/data/pipe"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    let w = Wxmp::start_in(&site.dir, &["serve", "--config", "conf/wxmp.toml"], &[]);
+    assert_eq!(say(&w, "oA", "新闻"), "暂无数据");
+    assert!(w.wait_for_log("news.txt does not exist yet"));
+    site.write("conf/data/news.txt", "\n头条：第一条\n第二条\n\n");
+    assert_eq!(say(&w, "oA", "新闻"), "头条：第一条\n第二条");
+    // A crawler rewriting the file is seen by the very next message: nothing is cached.
+    site.write("conf/data/news.txt", "更新后的新闻");
+    assert_eq!(say(&w, "oA", "新闻"), "更新后的新闻");
+    site.write("conf/data/news.txt", "   ");
+    assert_eq!(say(&w, "oA", "新闻"), "暂无数据");
+    // A FIFO would block whoever opens it: it is refused, not read.
+    let t = Instant::now();
+    assert_eq!(say(&w, "oA", "管道"), "暂无数据");
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert!(w.wait_for_log("not a regular file"));
+}
+
+#[test]
+fn media_replies_carry_every_field() {
+    let site = Site::new("cmd-media");
+    let w = site.serve(
+        r#"
+[[command]]
+name = "封面"
+image = "IMG_MEDIA_1"
+[[command]]
+name = "语音"
+voice = "VOICE_MEDIA_2"
+[[command]]
+name = "视频"
+video = { media_id = "VIDEO_3", title = "标题 <&>", description = "说明]]>x" }
+[[command]]
+name = "音乐"
+music = { title = "歌", description = "描述", music_url = "http://m.example/a.mp3", hq_music_url = "https://m.example/hq.mp3", thumb_media_id = "THUMB_4" }
+"#,
+    );
+    let get = |said: &str, kind: &str| {
+        let r = w.post_signed(&text("oM", said));
+        assert_eq!(r.status, 200);
+        let p = parse_reply(&r.body);
+        assert_eq!(p.get("MsgType"), Some(kind), "{}", r.body);
+        assert_eq!(p.get("ToUserName"), Some("oM"));
+        assert_eq!(p.get("FromUserName"), Some(ACCOUNT));
+        p
+    };
+    assert_eq!(
+        get("封面", "image").get("Image/MediaId"),
+        Some("IMG_MEDIA_1")
+    );
+    assert_eq!(
+        get("语音", "voice").get("Voice/MediaId"),
+        Some("VOICE_MEDIA_2")
+    );
+    let v = get("视频", "video");
+    assert_eq!(v.get("Video/MediaId"), Some("VIDEO_3"));
+    assert_eq!(v.get("Video/Title"), Some("标题 <&>"));
+    assert_eq!(v.get("Video/Description"), Some("说明]]>x"));
+    let m = get("音乐", "music");
+    assert_eq!(m.get("Music/Title"), Some("歌"));
+    assert_eq!(m.get("Music/Description"), Some("描述"));
+    assert_eq!(m.get("Music/MusicUrl"), Some("http://m.example/a.mp3"));
+    assert_eq!(m.get("Music/HQMusicUrl"), Some("https://m.example/hq.mp3"));
+    assert_eq!(m.get("Music/ThumbMediaId"), Some("THUMB_4"));
+}
+
+#[test]
+fn news_is_one_article_for_a_message_and_all_for_an_event() {
+    let site = Site::new("cmd-news");
+    let news = r#"news = [
+  { title = "T1", description = "D1", url = "https://a.example/1", picurl = "https://a.example/1.jpg" },
+  { title = "T2", description = "D2", url = "https://a.example/2", picurl = "https://a.example/2.jpg" },
+  { title = "T3", description = "D3", url = "https://a.example/3", picurl = "https://a.example/3.jpg" },
+]"#;
+    let w = site.serve(&format!(
+        "[[command]]\nname = \"文章\"\n{news}\n[[command]]\nevent = \"CLICK\"\nkey = \"NEWS\"\n{news}"
+    ));
+    let check = |body: &str, n: usize| {
+        let r = w.post_signed(body);
+        let p = parse_reply(&r.body);
+        assert_eq!(p.get("MsgType"), Some("news"), "{}", r.body);
+        assert_eq!(p.get("ArticleCount"), Some(n.to_string().as_str()));
+        let items: Vec<&(String, String)> = p
+            .fields
+            .iter()
+            .filter(|(k, _)| k.starts_with("Articles/item/"))
+            .collect();
+        assert_eq!(items.len(), 4 * n, "{}", r.body);
+        for i in 1..=n {
+            let field = |name: &str| {
+                p.fields
+                    .iter()
+                    .filter(|(k, _)| k == &format!("Articles/item/{name}"))
+                    .nth(i - 1)
+                    .map(|(_, v)| v.clone())
+            };
+            assert_eq!(field("Title"), Some(format!("T{i}")));
+            assert_eq!(field("Description"), Some(format!("D{i}")));
+            assert_eq!(field("Url"), Some(format!("https://a.example/{i}")));
+            assert_eq!(field("PicUrl"), Some(format!("https://a.example/{i}.jpg")));
+        }
+    };
+    check(&text("oN", "文章"), 1);
+    check(&event("oN", "CLICK", "NEWS"), 3);
+}
+
+#[test]
+fn event_commands_answer_clicks_and_scene_keys_and_replace_the_defaults() {
+    let site = Site::new("cmd-event");
+    let w = site.serve(
+        r#"
+[[command]]
+event = "CLICK"
+key = "TODAY"
+reply = "今天：{content}"
+[[command]]
+event = "subscribe"
+key = "42"
+reply = "扫码关注，场景 {args}"
+[[command]]
+event = "SCAN"
+key = "42"
+reply = "已关注，扫了场景 {args}"
+"#,
+    );
+    let ask = |from: &str, body: String| content_of(&w.post_signed(&body), from);
+    assert_eq!(ask("o1", event("o1", "CLICK", "TODAY")), "今天：TODAY");
+    assert_eq!(
+        ask("o2", event("o2", "subscribe", "qrscene_42")),
+        "扫码关注，场景 42"
+    );
+    assert_eq!(ask("o3", event("o3", "SCAN", "42")), "已关注，扫了场景 42");
+    // Unmatched events keep the defaults.
+    assert_eq!(ask("o4", event("o4", "subscribe", "")), WELCOME);
+    assert_eq!(ask("o5", event("o5", "subscribe", "qrscene_7")), WELCOME);
+    let r = w.post_signed(&event("o6", "CLICK", "OTHER"));
+    assert_eq!((r.status, r.body.as_str()), (200, "success"));
+    // A text equal to an event key is not an event.
+    assert_eq!(say(&w, "o7", "TODAY"), DEFAULT_REPLY);
+}
+
+// ---------------------------------------------------------------- built-ins and admins
+
+#[test]
+fn help_lists_commands_and_whoami_answers_the_openid() {
+    let site = Site::new("cmd-help");
+    let w = site.serve(
+        r#"
+admins = ["oBoss"]
+[[command]]
+name = "天气"
+aliases = ["weather"]
+reply = "晴"
+help = "今天的天气"
+[[command]]
+prefix = "查"
+reply = "{args}"
+help = "查 商品名：查价格"
+[[command]]
+name = "重启爬虫"
+admin = true
+reply = "ok"
+help = "重启爬虫进程"
+"#,
+    );
+    for word in ["帮助", "help", "HELP", "?"] {
+        let h = say(&w, "oGuest", word);
+        assert!(h.contains("天气 / weather：今天的天气"), "{word}: {h}");
+        assert!(h.contains("查…：查 商品名：查价格"), "{h}");
+        assert!(!h.contains("重启爬虫"), "admin commands are hidden: {h}");
+    }
+    let h = say(&w, "oBoss", "帮助");
+    assert!(h.contains("重启爬虫：重启爬虫进程"), "{h}");
+    assert_eq!(say(&w, "oGuest", "whoami"), "oGuest");
+    assert_eq!(say(&w, "oBoss", "我的ID"), "oBoss");
+}
+
+#[test]
+fn a_command_with_a_built_in_name_replaces_it() {
+    let site = Site::new("cmd-override");
+    let w = site.serve("[[command]]\nname = \"帮助\"\nreply = \"自定义帮助\"");
+    assert_eq!(say(&w, "oA", "帮助"), "自定义帮助");
+    // The other built-in words still work.
+    assert!(say(&w, "oA", "help").starts_with("可用指令"));
+}
+
+#[test]
+fn non_admins_get_the_default_reply_and_the_attempt_is_logged() {
+    let site = Site::new("cmd-admin");
+    site.script("restart.sh", "echo ran >> runs.txt; echo 已重启");
+    let w = site.serve(
+        r#"
+admins = ["oBoss"]
+[[command]]
+name = "重启爬虫"
+admin = true
+exec = ["./restart.sh"]
+[[command]]
+event = "CLICK"
+key = "ADMIN"
+admin = true
+reply = "admin click"
+"#,
+    );
+    assert_eq!(say(&w, "oMallory", "重启爬虫"), DEFAULT_REPLY);
+    assert!(w.wait_for_log("oMallory is not in admins"));
+    let r = w.post_signed(&event("oMallory", "CLICK", "ADMIN"));
+    assert_eq!(r.body, "success");
+    assert_eq!(
+        site.read("runs.txt"),
+        "",
+        "the program never ran for a non-admin"
+    );
+    assert_eq!(say(&w, "oBoss", "重启爬虫"), "已重启");
+    assert_eq!(site.read("runs.txt"), "ran\n");
+    let r = w.post_signed(&event("oBoss", "CLICK", "ADMIN"));
+    assert_eq!(content_of(&r, "oBoss"), "admin click");
+}
+
+// ---------------------------------------------------------------- exec
+
+#[test]
+fn exec_gets_arguments_environment_folder_and_empty_stdin() {
+    let site = Site::new("cmd-exec");
+    site.script(
+        "bin/q.sh",
+        r#"printf '%s\n' "$#" "$1" "$2" > args.txt
+printf '%s|%s|%s|%s' "$WXMP_OPENID" "$WXMP_CONTENT" "$WXMP_ARGS" "${WXMP_TOKEN:-no token}" > env.txt
+pwd > cwd.txt
+cat > stdin.txt
+echo "结果：$1"
+echo "noise on stderr" >&2"#,
+    );
+    site.config(
+        r#"
+[[command]]
+prefix = "查"
+exec = ["./bin/q.sh", "{args}", "{openid}"]
+"#,
+    );
+    let w = Wxmp::start_in(
+        &site.dir,
+        &["serve", "--config", "wxmp.toml"],
+        &[("WXMP_TOKEN", TOKEN)],
+    );
+    assert_eq!(say(&w, "oE", "查 苹果 香蕉"), "结果：苹果 香蕉");
+    assert_eq!(site.read("args.txt"), "2\n苹果 香蕉\noE\n");
+    assert_eq!(
+        site.read("env.txt"),
+        "oE|查 苹果 香蕉|苹果 香蕉|no token",
+        "WXMP_* secrets are not passed on"
+    );
+    let cwd = PathBuf::from(site.read("cwd.txt").trim());
+    assert_eq!(
+        cwd.canonicalize().unwrap(),
+        site.dir.canonicalize().unwrap()
+    );
+    assert_eq!(site.read("stdin.txt"), "");
+    assert!(w.wait_for_log("stderr: noise on stderr"));
+}
+
+#[test]
+fn shell_syntax_in_a_message_is_plain_text() {
+    let site = Site::new("cmd-inject");
+    site.script("q.sh", r#"printf '%s' "$1" > arg.txt; echo ok"#);
+    let w = site.serve("[[command]]\nprefix = \"查\"\nexec = [\"./q.sh\", \"x {args} y\"]");
+    let attacks = [
+        "$(touch pwned1)",
+        "a; touch pwned2",
+        "`touch pwned3`",
+        "a && touch pwned4 | touch pwned5 > pwned6",
+        "'\"$HOME\"' $(id) ${PATH}",
+    ];
+    for attack in attacks {
+        assert_eq!(say(&w, "oX", &format!("查 {attack}")), "ok");
+        assert_eq!(site.read("arg.txt"), format!("x {attack} y"), "verbatim");
+    }
+    for i in 1..=6 {
+        assert!(
+            !site.path(&format!("pwned{i}")).exists(),
+            "pwned{i} created"
+        );
+    }
+}
+
+#[test]
+fn non_zero_exit_is_a_clear_text_and_empty_output_is_not_empty() {
+    let site = Site::new("cmd-fail");
+    site.script("fail.sh", "echo partial; echo broken pipe >&2; exit 3");
+    site.script("quiet.sh", "exit 0");
+    let w = site.serve(
+        "[[command]]\nname = \"坏\"\nexec = [\"./fail.sh\"]\n[[command]]\nname = \"静\"\nexec = [\"./quiet.sh\"]",
+    );
+    assert_eq!(say(&w, "oF", "坏"), "指令执行失败（退出码 3）");
+    assert!(w.wait_for_log("exit code 3"));
+    assert!(w.wait_for_log("stderr: broken pipe"));
+    assert_eq!(say(&w, "oF", "静"), "（指令没有输出）");
+}
+
+/// Whether process `pid` is gone (or a zombie waiting for a reaper).
+fn dead(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+    }
+}
+
+#[test]
+fn timeout_kills_the_whole_process_group_and_says_so() {
+    let site = Site::new("cmd-timeout");
+    site.script(
+        "slow.sh",
+        "sleep 30 &\necho $! > grandchild.pid\necho $$ > child.pid\nsleep 30\necho never",
+    );
+    let w = site.serve("[[command]]\nname = \"慢\"\nexec = [\"./slow.sh\"]\ntimeout = 1");
+    let t = Instant::now();
+    assert_eq!(say(&w, "oT", "慢"), "指令超时（超过 1 秒），已停止");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    let (child, grandchild) = (site.read("child.pid"), site.read("grandchild.pid"));
+    let (child, grandchild) = (child.trim(), grandchild.trim());
+    assert!(!child.is_empty() && !grandchild.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !(dead(child) && dead(grandchild)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(dead(child), "the program was killed");
+    assert!(dead(grandchild), "the program's child was killed too");
+    assert!(w.wait_for_log("process group was killed"));
+}
+
+#[test]
+fn default_timeout_answers_before_wechats_deadline() {
+    let site = Site::new("cmd-deftimeout");
+    site.script("hang.sh", "sleep 30");
+    let w = site.serve("[[command]]\nname = \"挂\"\nexec = [\"./hang.sh\"]");
+    let t = Instant::now();
+    let r = post_within(&w, &text("oT", "挂"), Duration::from_secs(5)).expect("answered in 5 s");
+    assert_eq!(content_of(&r, "oT"), "指令超时（超过 4 秒），已停止");
+    assert!(
+        t.elapsed() < Duration::from_millis(4700),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn huge_output_is_cut_to_2048_bytes_with_a_mark() {
+    let site = Site::new("cmd-big");
+    site.script(
+        "big.sh",
+        "i=0\nwhile [ $i -lt 3000 ]; do printf '数'; i=$((i+1)); done",
+    );
+    let w = site.serve("[[command]]\nname = \"大\"\nexec = [\"./big.sh\"]");
+    let c = say(&w, "oB", "大");
+    assert!(c.len() <= 2048, "{} bytes", c.len());
+    let mark = wxmp::reply::CUT_MARK;
+    assert!(c.ends_with(mark), "{c}");
+    let kept = &c[..c.len() - mark.len()];
+    assert!(kept.len() > 1900 && kept.chars().all(|ch| ch == '数'));
+}
+
+// ---------------------------------------------------------------- slow commands and retries
+
+#[test]
+fn slow_command_runs_once_and_a_retry_gets_its_result() {
+    let site = Site::new("cmd-retry");
+    site.script("slow.sh", "echo run >> runs.txt\nsleep 7\necho \"done $1\"");
+    let w = site
+        .serve("[[command]]\nprefix = \"慢\"\nexec = [\"./slow.sh\", \"{args}\"]\ntimeout = 10");
+    let body = text("oR", "慢 x");
+    let t = Instant::now();
+    // Try 1: WeChat waits 5 s, then drops the connection. No `success` meanwhile.
+    assert!(post_within(&w, &body, Duration::from_secs(5)).is_none());
+    // Try 2 finds the command still running and gets its output.
+    let r = post_within(&w, &body, Duration::from_secs(5)).expect("try 2 answered");
+    assert_eq!(content_of(&r, "oR"), "done x");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(7) && took < Duration::from_secs(9),
+        "{took:?}"
+    );
+    // Try 3 (had there been one) gets the same bytes at once.
+    let again = post_within(&w, &body, Duration::from_secs(1)).expect("try 3 answered");
+    assert_eq!(again.body, r.body);
+    assert_eq!(site.read("runs.txt"), "run\n", "the command ran once");
+}
+
+#[test]
+fn last_try_says_the_result_will_follow_and_the_next_message_brings_it() {
+    let site = Site::new("cmd-late");
+    site.script(
+        "slow.sh",
+        "echo run >> runs.txt\nsleep 6\necho LATE RESULT\ntouch finished",
+    );
+    let w = site.serve("[[command]]\nname = \"慢\"\nexec = [\"./slow.sh\"]\ntimeout = 12");
+    let body = text("oL", "慢");
+    // Tries 1 and 2 given up quickly (as if WeChat's retries came early), then the last try.
+    assert!(post_within(&w, &body, Duration::from_millis(300)).is_none());
+    assert!(post_within(&w, &body, Duration::from_millis(300)).is_none());
+    let t = Instant::now();
+    let r = post_within(&w, &body, Duration::from_secs(6)).expect("the last try is answered");
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_millis(4800),
+        "answered within WeChat's 5 s: {took:?}"
+    );
+    assert!(
+        took > Duration::from_millis(4000),
+        "waited for the result first: {took:?}"
+    );
+    assert_eq!(content_of(&r, "oL"), "结果还在生成，稍后发任意消息查看");
+    // Once the command is done, the user's next message brings its result first.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !site.path("finished").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        say(&w, "oL", "你好"),
+        format!("上次的结果：LATE RESULT\n\n{DEFAULT_REPLY}")
+    );
+    assert_eq!(say(&w, "oL", "你好"), DEFAULT_REPLY, "delivered once");
+    assert_eq!(site.read("runs.txt"), "run\n", "the command ran once");
+}
+
+#[test]
+fn ten_slow_commands_do_not_delay_anyone_else() {
+    let site = Site::new("cmd-busy");
+    site.script("slow.sh", "sleep 2\necho slow $1");
+    site.script("fast.sh", "echo fast");
+    let w = Arc::new(site.serve(
+        "[[command]]\nname = \"慢\"\nexec = [\"./slow.sh\", \"{openid}\"]\n[[command]]\nname = \"快\"\nexec = [\"./fast.sh\"]\n[[command]]\nname = \"ping\"\nreply = \"pong\"",
+    ));
+    let slow: Vec<_> = (0..10)
+        .map(|i| {
+            let w = Arc::clone(&w);
+            std::thread::spawn(move || {
+                let from = format!("oSlow{i}");
+                let c = say(&w, &from, "慢");
+                assert_eq!(c, format!("slow {from}"));
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    for _ in 0..3 {
+        let t = Instant::now();
+        assert_eq!(say(&w, "oFast", "ping"), "pong");
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+        let t = Instant::now();
+        assert_eq!(say(&w, "oFast", "快"), "fast");
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    for h in slow {
+        h.join().expect("slow client");
+    }
+}
+
+#[test]
+fn sigterm_kills_running_programs_instead_of_leaving_them() {
+    let site = Site::new("cmd-term");
+    site.script(
+        "hang.sh",
+        "sleep 30 &\necho $! > grandchild.pid\necho $$ > child.pid\nsleep 30",
+    );
+    let w = site.serve("[[command]]\nname = \"挂\"\nexec = [\"./hang.sh\"]\ntimeout = 14");
+    assert!(post_within(&w, &text("oK", "挂"), Duration::from_millis(300)).is_none());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while site.read("grandchild.pid").trim().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (child, grandchild) = (site.read("child.pid"), site.read("grandchild.pid"));
+    assert!(!dead(child.trim()), "running before the stop");
+    assert_eq!(w.terminate().code(), Some(0));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !(dead(child.trim()) && dead(grandchild.trim())) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(dead(child.trim()) && dead(grandchild.trim()));
+}
+
+#[test]
+fn safe_mode_command_answers_and_the_late_notice_are_encrypted() {
+    let site = Site::new("cmd-safe");
+    site.script("q.sh", "echo \"secret $1\"");
+    site.script("slow.sh", "sleep 6\necho late");
+    let w = site.serve(&format!(
+        "{}[[command]]\nprefix = \"查\"\nexec = [\"./q.sh\", \"{{args}}\"]\n[[command]]\nname = \"慢\"\nexec = [\"./slow.sh\"]\ntimeout = 8",
+        safe_mode_config()
+    ));
+    let crypt = sample_crypt();
+    let open = |r: &Resp| Resp {
+        status: r.status,
+        headers: vec![],
+        body: open_reply(&crypt, &r.body),
+    };
+    let (q, body) = safe_request(&crypt, &text("oS", "查 x"), false);
+    let r = w.request("POST", &q, &[], body.as_bytes());
+    assert!(!r.body.contains("secret"), "{}", r.body);
+    assert_eq!(content_of(&open(&r), "oS"), "secret x");
+    let xml = text("oS", "慢");
+    for _ in 0..2 {
+        let (q, b) = safe_request(&crypt, &xml, false);
+        assert!(post_query_within(&w, &q, &b, Duration::from_millis(300)).is_none());
+    }
+    let (q, b) = safe_request(&crypt, &xml, false);
+    let r = post_query_within(&w, &q, &b, Duration::from_secs(6)).expect("last try answered");
+    assert_eq!(
+        content_of(&open(&r), "oS"),
+        "结果还在生成，稍后发任意消息查看"
+    );
+}
+
+// ---------------------------------------------------------------- reload and check
+
+#[test]
+fn sighup_reloads_a_good_file_and_keeps_the_table_on_a_broken_one() {
+    let site = Site::new("cmd-hup");
+    let w = site.serve("[[command]]\nname = \"版本\"\nreply = \"v1\"");
+    assert_eq!(say(&w, "oH", "版本"), "v1");
+    site.config(
+        "[[command]]\nname = \"版本\"\nreply = \"v2\"\n[[command]]\nname = \"新\"\nreply = \"new\"",
+    );
+    w.signal(libc::SIGHUP);
+    assert!(w.wait_for_log("reloaded"));
+    assert_eq!(say(&w, "oH", "版本"), "v2");
+    assert_eq!(say(&w, "oH", "新"), "new");
+    site.config("[[command]]\nname = \"版本\"\nreply = \"v3\"\nrepyl = \"typo\"");
+    w.signal(libc::SIGHUP);
+    assert!(w.wait_for_log("reload of"));
+    assert!(w.stderr().contains("repyl"), "the log says why");
+    assert_eq!(say(&w, "oH", "版本"), "v2", "the running table is kept");
+    assert_eq!(say(&w, "oH", "新"), "new");
+}
+
+/// Each kind of error with the key its message must name.
+const BAD: &[(&str, &str)] = &[
+    ("name = \"a\"\nreply = \"x\"\nreplly = \"y\"", "replly"),
+    ("name = \"a\"\nprefix = \"b\"\nreply = \"x\"", "prefix"),
+    ("name = \"a\"\nreply = \"x\"\nfile = \"f.txt\"", "file"),
+    ("reply = \"x\"", "match rule"),
+    ("name = \"a\"", "action"),
+    ("regex = \"(unclosed\"\nreply = \"x\"", "regex"),
+    ("name = \"a\"\nexec = [\"./missing.sh\"]", "exec"),
+    ("name = \"a\"\nexec = [\"./noexec.sh\"]", "exec"),
+    ("name = \"a\"\nexec = [\"no-such-program-wxmp\"]", "exec"),
+    ("name = \"a\"\nexec = []", "exec"),
+    ("name = \"a\"\nexec = [\"{args}\"]", "exec"),
+    ("name = \"a\"\nfile = \"nofolder/x.txt\"", "file"),
+    ("name = \"a\"\nfile = \"sub\"", "file"),
+    (
+        "name = \"a\"\nexec = [\"./ok.sh\"]\ntimeout = 15",
+        "timeout",
+    ),
+    ("name = \"a\"\nexec = [\"./ok.sh\"]\ntimeout = 0", "timeout"),
+    ("name = \"a\"\nreply = \"x\"\ntimeout = 5", "timeout"),
+    ("name = \"a\"\nreply = \"\"", "reply"),
+    ("name = \"a\"\nreply = 5", "reply"),
+    ("name = \"a\"\nimage = \"\"", "image"),
+    (
+        "name = \"a\"\nvideo = { title = \"no media id\" }",
+        "video.media_id",
+    ),
+    (
+        "name = \"a\"\nvideo = { media_id = \"m\", colour = \"red\" }",
+        "video.colour",
+    ),
+    (
+        "name = \"a\"\nmusic = { title = \"t\" }",
+        "music.thumb_media_id",
+    ),
+    (
+        "name = \"a\"\nnews = [{ title = \"t\", url = \"ftp://x\" }]",
+        "news[1].url",
+    ),
+    (
+        "name = \"a\"\nnews = [{ description = \"no title\" }]",
+        "news[1].title",
+    ),
+    ("name = \"a\"\nnews = []", "news"),
+    ("event = \"CLIK\"\nreply = \"x\"", "event"),
+    ("key = \"K\"\nreply = \"x\"", "key"),
+    ("aliases = [\"b\"]\nreply = \"x\"", "aliases"),
+    ("name = \"a\"\nadmin = \"yes\"\nreply = \"x\"", "admin"),
+    ("name = \"a\"\nhelp = 3\nreply = \"x\"", "help"),
+];
+
+fn bad_site() -> Site {
+    let site = Site::new("cmd-check");
+    site.script("ok.sh", "echo ok");
+    site.write("noexec.sh", "#!/bin/sh\necho x\n");
+    std::fs::create_dir_all(site.path("sub")).unwrap();
+    site
+}
+
+#[test]
+fn check_names_the_command_and_key_of_each_kind_of_error() {
+    let site = bad_site();
+    for (body, key) in BAD {
+        let out = site.check(&format!(
+            "[[command]]\nname = \"fine\"\nreply = \"ok\"\n[[command]]\n{body}"
+        ));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{body}: {err}");
+        assert!(
+            err.contains("command #2") && err.contains(key),
+            "{body}: error should name command #2 and {key}: {err}"
+        );
+        assert!(!err.contains("command #1"), "{err}");
+    }
+}
+
+#[test]
+fn check_lists_every_error_at_once_and_serve_refuses_the_file() {
+    let site = bad_site();
+    let all: String = BAD
+        .iter()
+        .map(|(body, _)| format!("[[command]]\n{body}\n"))
+        .collect();
+    let all = format!("admins = [\"has space\"]\n{all}[[command]]\nname = \"dup\"\nreply = \"1\"\n[[command]]\nname = \"DUP\"\nreply = \"2\"\n");
+    let out = site.check(&all);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for (i, (_, key)) in BAD.iter().enumerate() {
+        let n = format!("command #{}", i + 1);
+        assert!(
+            err.lines().any(
+                |l| (l.contains(&format!("{n} ")) || l.contains(&format!("{n}:")))
+                    && l.contains(key)
+            ),
+            "no line names {n} and {key}:\n{err}"
+        );
+    }
+    let dup = format!("command #{}", BAD.len() + 2);
+    assert!(
+        err.contains(&dup) && err.contains("already a name"),
+        "{err}"
+    );
+    assert!(err.contains("admins"), "{err}");
+    let serve = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
+        .args(["serve", "--config", "wxmp.toml"])
+        .current_dir(&site.dir)
+        .env_remove("WXMP_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(serve.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&serve.stderr).contains("replly"));
+}
+
+#[test]
+fn the_example_config_is_valid_and_check_prints_the_table() {
+    let site = Site::new("cmd-example");
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/wxmp.example.toml"))
+            .expect("wxmp.example.toml");
+    site.write("wxmp.example.toml", &example);
+    site.script("crawlers/query.py", "echo query");
+    std::fs::create_dir_all(site.path("data")).unwrap();
+    // A stand-in for systemctl, so the check passes where there is none.
+    site.script("bin/systemctl", "exit 0");
+    let path = format!(
+        "{}:{}",
+        site.path("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = run_check(&site.dir, "wxmp.example.toml", &[("PATH", &path)]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for needle in [
+        "name 天气 / weather",
+        "prefix \"查\"",
+        "regex '",
+        "file ",
+        "exec ",
+        "[admin]",
+        "image reply",
+        "voice reply",
+        "video reply",
+        "music reply",
+        "news, ",
+        "event click key \"TODAY\"",
+        "event subscribe",
+        "event scan",
+    ] {
+        assert!(stdout.contains(needle), "{needle} missing from:\n{stdout}");
+    }
+}
