@@ -253,8 +253,7 @@ pub fn parse(xml: &str) -> Result<Message, ParseError> {
             root.tag_name().name().chars().take(40).collect(),
         ));
     }
-    let mut fields = Vec::new();
-    collect_fields(root, "", &mut fields);
+    let fields = leaf_fields(root);
     let f = Fields(&fields);
 
     let msg_type = f.opt("MsgType").ok_or(ParseError::Missing("MsgType"))?;
@@ -280,8 +279,15 @@ pub fn parse(xml: &str) -> Result<Message, ParseError> {
     })
 }
 
-/// Flattens element text into `(path, text)` pairs; nested elements get `Parent/Child` paths
-/// and list items (`PicList/item/PicMd5Sum`) repeat the same path.
+/// The text of every leaf element under `root` as `(path, text)` pairs in document order; nested
+/// elements get `Parent/Child` paths and list items (`PicList/item/PicMd5Sum`) repeat the same
+/// path. Shared by the inbound parser and `wxmp send`'s reply checks.
+pub fn leaf_fields(root: roxmltree::Node) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    collect_fields(root, "", &mut out);
+    out
+}
+
 fn collect_fields(node: roxmltree::Node, prefix: &str, out: &mut Vec<(String, String)>) {
     for child in node.children().filter(roxmltree::Node::is_element) {
         let name = if prefix.is_empty() {

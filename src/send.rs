@@ -945,32 +945,6 @@ fn not_xml<T>(body: &str, why: &str) -> Result<T, String> {
     ))
 }
 
-/// The text of every leaf element by `Parent/Child` path, in document order.
-fn leaves(doc: &roxmltree::Document) -> Vec<(String, String)> {
-    fn walk(node: roxmltree::Node, prefix: &str, out: &mut Vec<(String, String)>) {
-        for child in node.children().filter(|c| c.is_element()) {
-            let name = if prefix.is_empty() {
-                child.tag_name().name().to_string()
-            } else {
-                format!("{prefix}/{}", child.tag_name().name())
-            };
-            if child.children().any(|c| c.is_element()) {
-                walk(child, &name, out);
-            } else {
-                let text: String = child
-                    .children()
-                    .filter(|c| c.is_text())
-                    .filter_map(|c| c.text())
-                    .collect();
-                out.push((name, text));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(doc.root_element(), "", &mut out);
-    out
-}
-
 /// Checks a plain reply's XML; `Ok` is the summary to print and any warnings.
 pub fn check_reply_xml(xml: &str, expect: &Expect) -> Result<(String, Vec<String>), String> {
     let doc = match roxmltree::Document::parse(xml) {
@@ -987,7 +961,7 @@ pub fn check_reply_xml(xml: &str, expect: &Expect) -> Result<(String, Vec<String
              “{WECHAT_ERROR}”"
         ));
     }
-    let fields = leaves(&doc);
+    let fields = crate::message::leaf_fields(doc.root_element());
     let get = |name: &str| {
         fields
             .iter()

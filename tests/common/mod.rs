@@ -349,24 +349,8 @@ impl ParsedReply {
 pub fn parse_reply(xml: &str) -> ParsedReply {
     let doc =
         roxmltree::Document::parse(xml).unwrap_or_else(|e| panic!("reply is not XML ({e}): {xml}"));
-    let mut fields = Vec::new();
-    fn walk(n: roxmltree::Node, prefix: &str, out: &mut Vec<(String, String)>) {
-        for c in n.children().filter(|c| c.is_element()) {
-            let name = if prefix.is_empty() {
-                c.tag_name().name().to_string()
-            } else {
-                format!("{prefix}/{}", c.tag_name().name())
-            };
-            if c.children().any(|x| x.is_element()) {
-                walk(c, &name, out);
-            } else {
-                out.push((name, c.text().map(str::to_string).unwrap_or_default()));
-                // roxmltree joins adjacent CDATA sections into one text node.
-            }
-        }
-    }
     assert_eq!(doc.root_element().tag_name().name(), "xml");
-    walk(doc.root_element(), "", &mut fields);
+    let fields = wxmp::message::leaf_fields(doc.root_element());
     ParsedReply { fields }
 }
 
