@@ -14,9 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Finds the nginx binary: `WXMP_NGINX`, then `PATH`, then the usual sbin folders.
-fn nginx_binary() -> PathBuf {
+fn find_nginx() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("WXMP_NGINX") {
-        return PathBuf::from(p);
+        return Some(PathBuf::from(p));
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -31,12 +31,47 @@ fn nginx_binary() -> PathBuf {
         )
         .map(|dir| dir.join("nginx"))
         .find(|p| p.is_file())
+}
+
+/// Installs Debian's nginx-light when we are root on a machine with apt-get, so that `cargo test`
+/// sets up what it needs on a fresh Debian machine (as `.ci/run` does). Runs at most once.
+fn install_nginx() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root || !Path::new("/usr/bin/apt-get").exists() {
+            return;
+        }
+        eprintln!("tests/nginx.rs: nginx is missing; installing nginx-light with apt-get");
+        let apt = |args: &[&str]| {
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let _ = apt(&["update", "-qq"]);
+        if !apt(&["install", "-y", "-qq", "nginx-light"]) {
+            let _ = apt(&["install", "-y", "-qq", "nginx"]);
+        }
+    });
+}
+
+/// The nginx binary, installing it first where that is possible.
+fn nginx_binary() -> PathBuf {
+    find_nginx()
+        .or_else(|| {
+            install_nginx();
+            find_nginx()
+        })
         .unwrap_or_else(|| {
             panic!(
                 "nginx is not installed, and tests/nginx.rs checks deploy/nginx.conf with the \
                  real nginx. Install it: `apt-get install nginx-light` (or `nginx`) on \
-                 Debian/Ubuntu, `yum install nginx` on CentOS; .ci/run does it when run as \
-                 root. Or set WXMP_NGINX to the binary."
+                 Debian/Ubuntu, `yum install nginx` on CentOS (as root, the test does it \
+                 itself). Or set WXMP_NGINX to the binary."
             )
         })
 }
