@@ -384,3 +384,42 @@ fn env_overrides_the_file() {
     assert_eq!(r.status, 403);
     assert!(logdir.join("wxmp.log").exists());
 }
+
+#[test]
+fn the_server_log_rotates_by_size_and_keeps_every_line() {
+    let w = Wxmp::start("[log]\nmax_size = \"2KB\"\nkeep_days = 1");
+    for i in 0..60 {
+        assert_eq!(
+            w.post_signed(&text("oRot", &format!("line-{i:03}"))).status,
+            200
+        );
+    }
+    let dir = w.dir.join("log");
+    assert_eq!(w.terminate().code(), Some(0));
+    let mut files = 0;
+    let mut all = String::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.len() <= 2048,
+            "{} is {} bytes",
+            path.display(),
+            text.len()
+        );
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "no record split across files"
+        );
+        all.push_str(&text);
+        files += 1;
+    }
+    assert!(files >= 3, "rotated into {files} file(s)");
+    for i in 0..60 {
+        assert_eq!(
+            all.matches(&format!("\"line-{i:03}\"")).count(),
+            1,
+            "line-{i:03}"
+        );
+    }
+}
