@@ -2,8 +2,11 @@
 //! signature, parses the message, deduplicates WeChat's retries and writes the reply.
 //!
 //! Requests are answered on the recv-loop thread when that is quick (a signature failure, a
-//! fixed text); anything that waits (a slow command, a retry waiting for its first try) moves to
-//! its own thread, so one slow request never holds up another.
+//! fixed text); anything that waits (a body still on the wire, a slow command, a retry waiting
+//! for its first try) moves to its own thread, so one slow request never holds up another.
+//! tiny_http's own weak spots (docs/tiny_http-upstream.md) are worked around here: its
+//! connection pool is kept warm ([`warm_pool`]) and a huge `Content-Length` is never drained
+//! ([`DRAIN_LIMIT`]).
 
 use crate::config::Config;
 use crate::crypto::{self, CryptoError, MsgCrypt};
@@ -14,8 +17,8 @@ use crate::reply::Reply;
 use crate::router::{Handler, Route};
 use crate::signature;
 use log::{error, info, warn};
-use std::io::Read;
-use std::net::{IpAddr, SocketAddr};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -25,6 +28,31 @@ use tiny_http::{Header, Method, Request, Response};
 
 /// The largest POST body accepted; WeChat's messages are a few KiB at most.
 pub const MAX_BODY: usize = 64 * 1024;
+
+/// tiny_http reads a body of up to this many bytes before `recv()` hands over the request;
+/// a larger (or chunked, or `Expect: 100-continue`) body is read from the socket by whichever
+/// thread reads or drops the request, at the client's pace.
+pub const EAGER_BODY: usize = 1024;
+
+/// A request announcing a body larger than this is never drained. tiny_http drains an unread
+/// body when the request is dropped and allocates the whole announced rest at once for it
+/// (`EqualReader::drop`): a `Content-Length` of 100 TB aborts the process. Such a request is
+/// answered 413 and its connection abandoned instead (docs/tiny_http-upstream.md, defect 5).
+pub const DRAIN_LIMIT: usize = 64 << 20;
+
+/// Abandoned connections (see [`DRAIN_LIMIT`]) each keep a tiny_http thread and two fds; after
+/// this many, wxmp reports itself restart-worthy so a supervisor gets them back.
+pub const ABANDON_LIMIT: usize = 512;
+
+/// Requests at most handled off the recv loop at once (slow bodies, waiting retries); past it
+/// they are handled on the recv loop, as if wxmp had no defence.
+pub const MAX_DETACHED: usize = 4096;
+
+/// Idle connection threads kept ready in tiny_http's pool (see [`warm_pool`]).
+pub const WARM_CONNECTIONS: usize = 256;
+
+/// How often the pool is warmed again: tiny_http ends a spare idle thread after 5 s.
+pub const REWARM_EVERY: Duration = Duration::from_secs(4);
 
 /// How long a try may wait for an answer before WeChat (5 s) gives up on it.
 pub const ANSWER_WITHIN: Duration = Duration::from_millis(4500);
@@ -87,6 +115,8 @@ struct App {
     fatal: std::sync::Mutex<Option<String>>,
     /// Requests handed to their own threads and not yet answered.
     detached: AtomicUsize,
+    /// Connections given up on rather than drained (see [`DRAIN_LIMIT`]).
+    abandoned: AtomicUsize,
 }
 
 /// A running server; dropping it without [`Server::shutdown`] stops it abruptly.
@@ -116,6 +146,7 @@ impl Server {
             stopping: AtomicBool::new(false),
             fatal: std::sync::Mutex::new(None),
             detached: AtomicUsize::new(0),
+            abandoned: AtomicUsize::new(0),
         });
         let mut workers = Vec::with_capacity(workers_n);
         for i in 0..workers_n {
@@ -125,6 +156,14 @@ impl Server {
                 .spawn(move || recv_loop(&app, &http))
                 .map_err(|e| format!("cannot start worker thread: {e}"))?;
             workers.push(worker);
+        }
+        warm_pool_for(addr);
+        let keeper = Arc::clone(&app);
+        let spawned = thread::Builder::new()
+            .name("wxmp-warm".into())
+            .spawn(move || keep_warm(&keeper, addr));
+        if let Err(e) = spawned {
+            warn!("cannot start the pool-warming thread: {e}");
         }
         Ok(Server {
             app,
@@ -182,6 +221,75 @@ impl Server {
         }
         // No command's program outlives the server: its timeout would no longer be enforced.
         crate::exec::stop_all(Duration::from_millis(500));
+    }
+}
+
+/// Makes tiny_http's connection pool hold at least `n` idle threads; returns how many
+/// connections it managed to open.
+///
+/// Why: tiny_http's task pool chooses between queueing a new connection and starting a thread
+/// for it by a count of idle threads that still includes threads already woken for earlier
+/// connections. In a burst of new connections the surplus is queued, and the queue is only
+/// served when some connection closes: keep-alive connections sit unread (docs/
+/// tiny_http-upstream.md, defect 1). A burst no larger than the number of idle threads cannot
+/// be stranded that way. Connections opened one after the other, each answered before the
+/// next is opened (so the count is exact), then closed together, leave one idle thread each.
+pub fn warm_pool(addr: SocketAddr, n: usize, timeout: Duration) -> usize {
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        match warm_connection(addr, timeout) {
+            Ok(stream) => held.push(stream),
+            Err(_) => break,
+        }
+    }
+    held.len()
+}
+
+/// One keep-alive `GET /healthz`, answered, with the connection left open.
+fn warm_connection(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: wxmp\r\n\r\n")?;
+    let mut got = Vec::with_capacity(256);
+    let mut buf = [0u8; 256];
+    // The answer is a small `200` whose body is `ok`.
+    while !got.ends_with(b"\r\n\r\nok") {
+        let n = stream.read(&mut buf)?;
+        if n == 0 || got.len() > 4096 {
+            return Err(std::io::Error::other("no healthz answer"));
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(stream)
+}
+
+/// How many idle threads to keep warm: [`WARM_CONNECTIONS`], or fewer when the open-file limit
+/// is low (each warm connection costs three fds while it is open).
+fn warm_target() -> usize {
+    let limit = crate::watchdog::fd_limit().unwrap_or(1024);
+    WARM_CONNECTIONS.min(usize::try_from(limit / 8).unwrap_or(WARM_CONNECTIONS))
+}
+
+fn warm_pool_for(addr: SocketAddr) {
+    let target = warm_target();
+    let probe = crate::watchdog::probe_addr(addr);
+    let warmed = warm_pool(probe, target, Duration::from_secs(1));
+    if warmed < target {
+        warn!("warmed {warmed} of {target} connection threads on {probe}");
+    }
+}
+
+/// Warms the pool again every [`REWARM_EVERY`], until the server stops.
+fn keep_warm(app: &App, addr: SocketAddr) {
+    let mut next = Instant::now() + REWARM_EVERY;
+    while !app.stopping.load(Ordering::SeqCst) {
+        if Instant::now() < next {
+            thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        warm_pool_for(addr);
+        next = Instant::now() + REWARM_EVERY;
     }
 }
 
@@ -320,7 +428,79 @@ fn respond_answer(req: Request, answer: &Answer) {
     let _ = req.respond(resp);
 }
 
+/// Whether reading (or dropping) the request's body may wait on the client: tiny_http has read
+/// it already only when it announced at most [`EAGER_BODY`] bytes and nothing else applies.
+fn body_is_lazy(req: &Request) -> bool {
+    let has = |name: &'static str| req.headers().iter().any(|h| h.field.equiv(name));
+    let upgrade = req.headers().iter().any(|h| {
+        h.field.equiv("Connection") && h.value.as_str().to_ascii_lowercase().contains("upgrade")
+    });
+    upgrade
+        || has("Expect")
+        || has("Transfer-Encoding")
+        || req.body_length().is_some_and(|n| n > EAGER_BODY)
+}
+
+/// Takes a request from the recv loop. One whose body is still on the wire is handled on its
+/// own thread: reading it, or dropping the request (which drains it), waits for the client,
+/// and a client that sends its body slowly must not hold up the loop.
 fn handle(app: &Arc<App>, req: Request) {
+    if let Some(n) = req.body_length().filter(|&n| n > DRAIN_LIMIT) {
+        return abandon(app, req, n);
+    }
+    if !body_is_lazy(&req) || app.detached.load(Ordering::SeqCst) >= MAX_DETACHED {
+        return handle_now(app, req);
+    }
+    app.detached.fetch_add(1, Ordering::SeqCst);
+    let app2 = Arc::clone(app);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Request>(1);
+    let spawned = thread::Builder::new()
+        .name("wxmp-body".into())
+        .spawn(move || {
+            if let Ok(req) = rx.recv() {
+                handle_now(&app2, req);
+            }
+            app2.detached.fetch_sub(1, Ordering::SeqCst);
+        });
+    match spawned {
+        Ok(_) => {
+            // The channel has room for it and the thread holds the receiver: this cannot fail.
+            let _ = tx.send(req);
+        }
+        Err(e) => {
+            app.detached.fetch_sub(1, Ordering::SeqCst);
+            error!("cannot start a thread for a request body: {e}; reading it on the recv loop");
+            handle_now(app, req);
+        }
+    }
+}
+
+/// Refuses a request that announced a body over [`DRAIN_LIMIT`] without ever dropping it, as
+/// tiny_http's drain of the body would allocate its announced size and abort the process. The
+/// request is turned into a raw stream (`upgrade`) after the 413 is written, and the stream is
+/// leaked: its connection stays open and holds a tiny_http thread until wxmp restarts.
+fn abandon(app: &App, req: Request, announced: usize) {
+    let peer = client_addr(&req);
+    let resp = Response::from_string(format!(
+        "body of {announced} bytes is over the {MAX_BODY}-byte limit"
+    ))
+    .with_status_code(413);
+    let stream = req.upgrade("close", resp);
+    std::mem::forget(stream);
+    let n = app.abandoned.fetch_add(1, Ordering::SeqCst) + 1;
+    warn!(
+        "{peer} refused (413): Content-Length {announced} is over the {MAX_BODY}-byte limit; \
+         connection abandoned ({n} so far, restart at {ABANDON_LIMIT})"
+    );
+    if n >= ABANDON_LIMIT {
+        let why = format!(
+            "{n} connections with huge Content-Length were abandoned (each holds a thread)"
+        );
+        *app.fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+    }
+}
+
+fn handle_now(app: &Arc<App>, req: Request) {
     let ctx = Ctx {
         start: Instant::now(),
         peer: client_addr(&req),

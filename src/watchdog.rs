@@ -33,6 +33,20 @@ pub fn raise_fd_limit() -> Result<(u64, u64), String> {
     Ok((before, lim.rlim_cur as u64))
 }
 
+/// The soft open-file limit, if it can be read.
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux x86_64, not everywhere
+pub fn fd_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    Some(lim.rlim_cur as u64)
+}
+
 /// The address to probe a server listening on `listen`: a wildcard address becomes loopback.
 pub fn probe_addr(listen: SocketAddr) -> SocketAddr {
     let ip = match listen.ip() {
