@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use bare_tiny_http::BareServer;
 use wxhttp::{BodyKind, Conn, Target};
 
-const TOKEN: &str = "T";
+const TOKEN: &str = "wxmpTestToken123";
 const PATH: &str = "/wx";
 
 // ---------------------------------------------------------------------------------------------
@@ -248,24 +248,28 @@ impl ChildServer {
         }
         let mut child = cmd.spawn().expect("spawn child server");
         let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
         {
             let sink = Arc::clone(&stderr);
-            let mut err = child.stderr.take().expect("stderr");
+            let err = child.stderr.take().expect("stderr");
+            let tx = tx.clone();
             thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = err.read(&mut buf) {
-                    if n == 0 {
-                        break;
+                // wxmp logs "wxmp 0.1.0 listening on 127.0.0.1:PORT (configured ...)".
+                for line in BufReader::new(err).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some((_, rest)) = line.split_once(" listening on ") {
+                        let addr = rest.split_whitespace().next().unwrap_or_default();
+                        let _ = tx.send(addr.to_string());
                     }
                     let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
                     if s.len() < 1 << 20 {
-                        s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                        s.push_str(&line);
+                        s.push('\n');
                     }
                 }
             });
         }
         let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
         thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines() {
@@ -296,8 +300,42 @@ impl ChildServer {
         }
     }
 
+    /// The wxmp binary (`serve`) with `extra` config lines, in a fresh folder, optionally with
+    /// `RLIMIT_NOFILE` lowered to `nofile`.
+    pub fn wxmp(nofile: Option<u64>, extra: &str) -> ChildServer {
+        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "immune-{}-{}",
+            std::process::id(),
+            wxhttp::next_seq()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create wxmp dir");
+        let config =
+            format!("token = \"{TOKEN}\"\nlisten = \"127.0.0.1:0\"\npath = \"{PATH}\"\n{extra}\n");
+        std::fs::write(dir.join("wxmp.toml"), config).expect("write wxmp.toml");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxmp"));
+        cmd.args(["serve", "--config", "wxmp.toml"])
+            .current_dir(&dir);
+        for var in ["WXMP_TOKEN", "WXMP_LISTEN", "WXMP_LOG_DIR", "WXMP_CONFIG"] {
+            cmd.env_remove(var);
+        }
+        ChildServer::spawn_command(cmd, nofile)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits up to `limit` for the child to exit; its exit code, if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// What the child wrote to stderr so far.
@@ -1005,4 +1043,161 @@ fn mode5_huge_content_length_client_hang_up_aborts_reading_server() {
     );
     assert!(stderr.contains("memory allocation of"), "{stderr}");
     assert_eq!(out.probe_after, Probe::Refused, "{out:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The same scenarios against wxmp: it survives each.
+// ---------------------------------------------------------------------------------------------
+
+/// One signed POST on a new connection: its result and how long it took.
+fn timed_probe(addr: SocketAddr) -> (Probe, Duration) {
+    let start = Instant::now();
+    let p = probe(addr, Duration::from_secs(2));
+    (p, start.elapsed())
+}
+
+/// The slowest of `n` signed POSTs sent one after another, each of which must be answered 200.
+fn slowest_of_probes(addr: SocketAddr, n: usize) -> Duration {
+    let mut slowest = Duration::ZERO;
+    for _ in 0..n {
+        let (p, took) = timed_probe(addr);
+        assert_eq!(p, Probe::Answered(200), "a signed message must be answered");
+        slowest = slowest.max(took);
+    }
+    slowest
+}
+
+/// Mode 1 against wxmp: bursts of 32 and 256 keep-alive connections right after start, and
+/// again after 6 s of quiet (longer than tiny_http keeps a spare idle thread), are all served:
+/// wxmp keeps 256 idle connection threads warm.
+#[test]
+fn wxmp_mode1_keepalive_bursts_from_cold_are_all_served() {
+    let _g = serial();
+    let server = ChildServer::wxmp(None, "");
+    let first = keepalive_burst(server.addr, 32, Duration::from_secs(2));
+    assert_eq!(
+        first.answered, 32,
+        "burst of 32 right after start: {first:?}"
+    );
+    thread::sleep(Duration::from_secs(6));
+    let second = keepalive_burst(server.addr, 256, Duration::from_secs(3));
+    eprintln!("wxmp mode 1: {first:?}\n{second:?}");
+    assert_eq!(second.failed, 0, "{second:?}");
+    assert_eq!(
+        second.answered, 256,
+        "burst of 256 after 6 s of quiet: {second:?}"
+    );
+}
+
+/// Mode 2 (and issue 6's slow-client defence) against wxmp: 1,000 connections holding half-sent
+/// request heads and 10 slow bodies do not delay a signed message past 100 ms.
+#[test]
+fn wxmp_mode2_1000_half_sent_heads_and_slow_bodies_do_not_delay_a_message() {
+    let _g = serial();
+    let server = ChildServer::wxmp(None, "");
+    let mut held = Vec::new();
+    for i in 0..1000 {
+        let mut c = Conn::connect(server.addr, Duration::from_secs(5)).expect("connect");
+        if i % 100 == 0 {
+            // Some slow bodies among them: the head is complete, the body never comes.
+            c.send(format!("{}\r\n<xml>", signed_head(server.addr, 2000)).as_bytes())
+                .expect("send head");
+        } else {
+            c.send(format!("{}X-Slow: ", signed_head(server.addr, 0)).as_bytes())
+                .expect("send partial head");
+        }
+        held.push(c);
+    }
+    thread::sleep(Duration::from_millis(500));
+    let slowest = slowest_of_probes(server.addr, 5);
+    let threads = threads_of(server.pid());
+    eprintln!(
+        "wxmp mode 2: 1000 held connections, {threads} threads, slowest of 5 messages {slowest:?}"
+    );
+    assert!(
+        slowest < Duration::from_millis(100),
+        "a signed message took {slowest:?} with 1000 slow clients connected"
+    );
+    drop(held);
+}
+
+/// Mode 3 against wxmp: 10 clients announcing a 2000-byte body and sending 5 bytes leave its
+/// 4 workers free (bodies still on the wire are read off the recv loop).
+#[test]
+fn wxmp_mode3_slow_bodies_leave_the_workers_free() {
+    let _g = serial();
+    let server = ChildServer::wxmp(None, "workers = 4");
+    let out = slow_bodies(server.addr, 10, Duration::from_secs(2));
+    assert_eq!(out.probe_during, Probe::Answered(200), "{out:?}");
+    assert_eq!(out.probe_after, Probe::Answered(200), "{out:?}");
+    let mut stalled = Vec::new();
+    for _ in 0..10 {
+        let mut c = Conn::connect(server.addr, Duration::from_secs(5)).expect("connect");
+        c.send(format!("{}\r\n<xml>", signed_head(server.addr, 2000)).as_bytes())
+            .expect("send head");
+        stalled.push(c);
+    }
+    thread::sleep(Duration::from_millis(200));
+    let slowest = slowest_of_probes(server.addr, 5);
+    eprintln!("wxmp mode 3: {out:?}; slowest of 5 messages during 10 slow bodies: {slowest:?}");
+    assert!(slowest < Duration::from_millis(100), "{slowest:?}");
+}
+
+/// Mode 4 against wxmp: at the fd limit tiny_http's accept loop dies; wxmp notices, logs why
+/// and exits 70 so that systemd or Baota restart it, instead of living on with a dead port.
+#[test]
+fn wxmp_mode4_fd_exhaustion_ends_in_a_logged_restart_worthy_exit() {
+    let _g = serial();
+    let mut server = ChildServer::wxmp(Some(64), "");
+    let out = fd_exhaustion(server.addr, server.pid(), 200, 1);
+    let code = server.wait_exit(Duration::from_secs(45));
+    let stderr = server.stderr();
+    eprintln!("wxmp mode 4: {out:?}, exit {code:?}\nstderr:\n{stderr}");
+    assert_eq!(out.before, Probe::Answered(200), "{out:?}");
+    assert_eq!(code, Some(70), "wxmp must exit 70 (restart-worthy)");
+    assert!(
+        stderr.contains("exiting with status 70"),
+        "the reason must be logged: {stderr}"
+    );
+}
+
+/// The first line of the answer to a POST announcing `Content-Length: 99999999999999` with
+/// 5 bytes of body, signed or not (wxmp answers a 413 head and leaves the connection open).
+fn huge_content_length_status_line(addr: SocketAddr, sign: bool) -> String {
+    let head = if sign {
+        signed_head(addr, 99_999_999_999_999)
+    } else {
+        format!("POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999\r\n")
+    };
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(format!("{head}\r\n<xml>").as_bytes())
+        .expect("send");
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+/// Mode 5 against wxmp: requests announcing a ~100 TB body, signed or not, waited for or hung
+/// up on, are refused with 413 and wxmp lives on and answers the next message. (The 413 has no
+/// length and the connection stays open: it is abandoned, not drained; see `server::abandon`.)
+#[test]
+fn wxmp_mode5_huge_content_length_is_refused_and_wxmp_lives() {
+    let _g = serial();
+    let server = ChildServer::wxmp(None, "");
+    for sign in [true, false] {
+        let line = huge_content_length_status_line(server.addr, sign);
+        assert!(line.starts_with("HTTP/1.1 413"), "signed {sign}: {line:?}");
+        assert!(alive(server.pid()));
+        assert_eq!(timed_probe(server.addr).0, Probe::Answered(200));
+    }
+    let hung_up = huge_content_length(server.addr, server.pid(), true);
+    assert!(hung_up.alive_after, "{hung_up:?}");
+    assert_eq!(hung_up.probe_after, Probe::Answered(200), "{hung_up:?}");
+    let stderr = server.stderr();
+    assert!(
+        stderr.contains("connection abandoned (3 so far"),
+        "{stderr}"
+    );
 }
