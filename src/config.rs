@@ -111,8 +111,10 @@ pub struct ReplyConfig {
     pub welcome: String,
 }
 
+/// Loopback by default: tiny_http cannot bound request heads or time out slow clients, so wxmp
+/// belongs behind nginx (README, "Limits"); listening on all interfaces is a deliberate choice.
 fn default_listen() -> String {
-    "0.0.0.0:8880".into()
+    "127.0.0.1:8880".into()
 }
 fn default_path() -> String {
     "/".into()
@@ -342,7 +344,9 @@ pub fn first_run_file(token: &str) -> String {
 # The Token to enter in WeChat's admin page (设置与开发 → 基本配置 → 服务器配置).
 token = "{token}"
 
-# Where to listen; put nginx in front for HTTPS on 443.
+# Where to listen. Loopback: nginx in front serves HTTPS on 443 and stops slow or oversized
+# requests that wxmp's HTTP library cannot (README, "Limits"). "0.0.0.0:8880" exposes wxmp
+# directly: only for a quick test, never for production.
 listen = "{listen}"
 # The URL path WeChat calls (nginx may proxy e.g. /wx/ to it).
 path = "/"
@@ -403,7 +407,7 @@ mod tests {
     #[test]
     fn defaults_apply_to_an_almost_empty_file() {
         let c = Config::from_toml("token = \"abc123\"").unwrap();
-        assert_eq!(c.listen, "0.0.0.0:8880");
+        assert_eq!(c.listen, "127.0.0.1:8880");
         assert_eq!(c.path, "/");
         assert_eq!(c.workers, 4);
         assert_eq!(c.log.dir, PathBuf::from("log"));
