@@ -368,3 +368,60 @@ fn nginx_refuses_bodies_over_64_kib_before_wxmp_sees_them() {
         .contains("client intended to send too large body"));
     assert!(!w.stderr().contains("POST refused"), "{}", w.stderr());
 }
+
+/// What tiny_http cannot stop, nginx does (README, "Limits"): a 64 KiB header line and 400
+/// header lines (40 KiB of head) are refused with 400, a `Content-Length` of 100 TB with 413, and none of them
+/// reaches wxmp.
+#[test]
+fn nginx_refuses_oversized_heads_and_huge_content_length_before_wxmp() {
+    let w = Wxmp::start("");
+    let nginx = Nginx::start(w.addr);
+    let query = signed_query("/wx/", TOKEN);
+    let long_line = format!(
+        "POST {query} HTTP/1.1\r\nHost: example.com\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let r = request_from(Ipv4Addr::LOCALHOST, &nginx, &long_line, b"");
+    assert_eq!(r.status, 400, "a 64 KiB header line: {r:?}");
+    let mut many = format!("POST {query} HTTP/1.1\r\nHost: example.com\r\n");
+    for i in 0..400 {
+        many.push_str(&format!("X-H{i}: {}\r\n", "v".repeat(100)));
+    }
+    many.push_str("Connection: close\r\n\r\n");
+    let r = request_from(Ipv4Addr::LOCALHOST, &nginx, &many, b"");
+    assert_eq!(r.status, 400, "400 header lines of 100 bytes: {r:?}");
+    let huge = format!(
+        "POST {query} HTTP/1.1\r\nHost: example.com\r\nContent-Length: 99999999999999\r\n\r\n"
+    );
+    let r = request_from(Ipv4Addr::LOCALHOST, &nginx, &huge, b"<xml>");
+    assert_eq!(r.status, 413, "a 100 TB Content-Length: {r:?}");
+    let stderr = w.stderr();
+    assert!(
+        !stderr.contains("refused") && !stderr.contains("abandoned"),
+        "wxmp saw one of them: {stderr}"
+    );
+}
+
+/// A client that sends half a request head and then nothing is cut off by nginx
+/// (`client_header_timeout 10s`): tiny_http would keep its thread forever.
+#[test]
+fn nginx_cuts_off_a_half_sent_head() {
+    let w = Wxmp::start("");
+    let nginx = Nginx::start(w.addr);
+    let mut s = connect_from(
+        Ipv4Addr::LOCALHOST,
+        SocketAddr::from(([127, 0, 0, 1], nginx.port)),
+    );
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(b"POST /wx/ HTTP/1.1\r\nHost: example.com\r\nX-Slow: ")
+        .unwrap();
+    let start = Instant::now();
+    let mut raw = Vec::new();
+    let read = s.read_to_end(&mut raw);
+    let took = start.elapsed();
+    assert!(read.is_ok(), "nginx should close the connection: {read:?}");
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(14),
+        "closed after {took:?}"
+    );
+}
