@@ -48,8 +48,14 @@ pub const ABANDON_LIMIT: usize = 512;
 /// they are handled on the recv loop, as if wxmp had no defence.
 pub const MAX_DETACHED: usize = 4096;
 
-/// Idle connection threads kept ready in tiny_http's pool (see [`warm_pool`]).
-pub const WARM_CONNECTIONS: usize = 256;
+/// Idle connection threads made ready in tiny_http's pool at start (see [`warm_pool`]): the
+/// moment after a restart, when WeChat's retries of everything missed arrive together.
+pub const WARM_AT_START: usize = 256;
+
+/// Idle connection threads kept ready from then on. Fewer than at start: every idle thread
+/// holds some memory (its stack, its allocator cache), and behind nginx, which opens a
+/// connection per request, a stranded connection is picked up within a request's time anyway.
+pub const KEEP_WARM: usize = 64;
 
 /// How often the pool is warmed again: tiny_http ends a spare idle thread after 5 s.
 pub const REWARM_EVERY: Duration = Duration::from_secs(4);
@@ -130,7 +136,8 @@ pub struct Server {
 impl Server {
     /// Binds `config.listen` and starts the recv loop on `config.workers` threads.
     pub fn start(config: Config, handler: Arc<dyn Handler>) -> Result<Server, String> {
-        let http = tiny_http::Server::http(&config.listen)
+        let listener = listen_nodelay(&config.listen)?;
+        let http = tiny_http::Server::from_listener(listener, None)
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let addr = http
             .server_addr()
@@ -157,7 +164,7 @@ impl Server {
                 .map_err(|e| format!("cannot start worker thread: {e}"))?;
             workers.push(worker);
         }
-        warm_pool_for(addr);
+        warm_pool_for(addr, WARM_AT_START);
         let keeper = Arc::clone(&app);
         let spawned = thread::Builder::new()
             .name("wxmp-warm".into())
@@ -264,15 +271,42 @@ fn warm_connection(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpSt
     Ok(stream)
 }
 
-/// How many idle threads to keep warm: [`WARM_CONNECTIONS`], or fewer when the open-file limit
-/// is low (each warm connection costs three fds while it is open).
-fn warm_target() -> usize {
-    let limit = crate::watchdog::fd_limit().unwrap_or(1024);
-    WARM_CONNECTIONS.min(usize::try_from(limit / 8).unwrap_or(WARM_CONNECTIONS))
+/// Binds `listen` with `TCP_NODELAY`, which accepted sockets inherit. tiny_http writes a reply
+/// through a 1 KiB buffer, so a reply over ~1 KiB leaves in two sends; with Nagle's algorithm
+/// the second waits for the client's delayed ACK: 40 ms per reply on a kept-alive connection.
+fn listen_nodelay(listen: &str) -> Result<std::net::TcpListener, String> {
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket fd and an int option of the size we pass.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        warn!(
+            "cannot set TCP_NODELAY on {listen}: {}; replies over 1 KiB may be delayed",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(listener)
 }
 
-fn warm_pool_for(addr: SocketAddr) {
-    let target = warm_target();
+/// How many idle threads to warm: `wanted`, or fewer when the open-file limit is low (each
+/// warm connection costs three fds while it is open).
+fn warm_target(wanted: usize) -> usize {
+    let limit = crate::watchdog::fd_limit().unwrap_or(1024);
+    wanted.min(usize::try_from(limit / 8).unwrap_or(wanted))
+}
+
+fn warm_pool_for(addr: SocketAddr, wanted: usize) {
+    let target = warm_target(wanted);
     let probe = crate::watchdog::probe_addr(addr);
     let warmed = warm_pool(probe, target, Duration::from_secs(1));
     if warmed < target {
@@ -288,7 +322,7 @@ fn keep_warm(app: &App, addr: SocketAddr) {
             thread::sleep(Duration::from_millis(100));
             continue;
         }
-        warm_pool_for(addr);
+        warm_pool_for(addr, KEEP_WARM);
         next = Instant::now() + REWARM_EVERY;
     }
 }
