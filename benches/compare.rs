@@ -41,7 +41,7 @@ use wxhttp::{BodyKind, PostSpec, Target};
 
 const USAGE: &str = "usage: cargo bench --bench compare -- [--duration 5] [--warmup 1] [--quick] \
 [--connections 32] [--workers 4] [--rounds 1] [--only floor,plain,safe,file,exec] \
-[--modes keep-alive,new-conn] [--write] [--out FILE]";
+[--modes keep-alive,new-conn] [--log-level info] [--write] [--out FILE]";
 
 const TOKEN: &str = "benchToken2024";
 const APP_ID: &str = "wxbench0123456789";
@@ -96,6 +96,8 @@ struct Options {
     write: bool,
     out: PathBuf,
     quick: bool,
+    /// wxmp's `[log] level` (`info`, as deployed, logs a line per message).
+    log_level: String,
 }
 
 fn seconds(name: &str, v: Option<String>) -> Result<Duration, String> {
@@ -127,6 +129,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         write: false,
         out: Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md"),
         quick: false,
+        log_level: "info".into(),
     };
     let (mut duration, mut warmup) = (None, None);
     let mut it = args.iter().cloned();
@@ -163,6 +166,15 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                     })
                     .collect::<Result<_, _>>()?;
             }
+            "--log-level" => {
+                let v = it.next().ok_or("--log-level needs a value")?;
+                if !["error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
+                    return Err(format!(
+                        "--log-level: {v:?} is not error|warn|info|debug|trace"
+                    ));
+                }
+                o.log_level = v;
+            }
             "--write" => o.write = true,
             "--out" => {
                 o.out = PathBuf::from(it.next().ok_or("--out needs a file")?);
@@ -198,7 +210,8 @@ struct Running {
     dir: PathBuf,
 }
 
-fn wxmp_config(kind: Kind, addr: SocketAddr, workers: usize, dir: &Path) -> String {
+fn wxmp_config(kind: Kind, addr: SocketAddr, opts: &Options, dir: &Path) -> String {
+    let workers = opts.workers;
     let mut c = format!(
         "token = \"{TOKEN}\"\nlisten = \"{addr}\"\npath = \"{WXMP_PATH}\"\nworkers = {workers}\n"
     );
@@ -207,10 +220,11 @@ fn wxmp_config(kind: Kind, addr: SocketAddr, workers: usize, dir: &Path) -> Stri
     }
     let _ = write!(
         c,
-        "\n[log]\ndir = \"{}\"\n\n[reply]\ndefault = \"{DEFAULT_REPLY}\"\n\n\
+        "\n[log]\ndir = \"{}\"\nlevel = \"{}\"\n\n[reply]\ndefault = \"{DEFAULT_REPLY}\"\n\n\
          [[command]]\nname = \"news\"\nfile = \"news.txt\"\n\n\
          [[command]]\nprefix = \"echo\"\nexec = [\"/bin/echo\", \"echoed\", \"{{args}}\"]\n",
-        dir.join("log").display()
+        dir.join("log").display(),
+        opts.log_level,
     );
     c
 }
@@ -251,8 +265,7 @@ fn start(kind: Kind, opts: &Options, root: &Path, seq: usize) -> Result<Running,
             ));
         }
         let config = dir.join("wxmp.toml");
-        fs::write(&config, wxmp_config(kind, addr, opts.workers, &dir))
-            .map_err(|e| e.to_string())?;
+        fs::write(&config, wxmp_config(kind, addr, opts, &dir)).map_err(|e| e.to_string())?;
         fs::write(dir.join("news.txt"), news_text()).map_err(|e| e.to_string())?;
         let mut c = Command::new(bin);
         c.arg("serve").arg("--config").arg(&config);
@@ -600,11 +613,12 @@ fn report(rows: &[Row], opts: &Options, command: &str, started: &str) -> String 
     let _ = writeln!(
         md,
         "Command: `{command}`. Each row: a freshly started server on a free loopback port \
-         ({} worker threads; wxmp logs at `info` to a temp folder and stderr to a file), a {:.1} s \
+         ({} worker threads; wxmp logs at `{}` to a temp folder and to stderr, which goes to a file), a {:.1} s \
          warm-up with the same load, then {:.1} s measured{}; {} client connections sending signed \
          text messages with a fresh MsgId each, from threads of the bench process on the same \
          CPUs as the server.\n",
         opts.workers,
+        opts.log_level,
         opts.warmup.as_secs_f64(),
         opts.duration.as_secs_f64(),
         if opts.rounds > 1 {
