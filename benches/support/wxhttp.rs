@@ -194,24 +194,92 @@ pub fn signed_post(
     seq: u64,
     keep_alive: bool,
 ) -> Vec<u8> {
-    let ts = unix_now();
-    let nonce = nonce_for(seq);
-    let user = seq % 1000;
-    let openid = format!("oUSER{user}");
-    let body = message_body(kind, user, ts, fresh_msg_id(seq));
-    let mut head = String::with_capacity(256 + body.len());
-    let _ = write!(
-        head,
-        "POST {}?{} HTTP/1.1\r\nHost: {}\r\nUser-Agent: wxmp-loadgen\r\n\
-         Content-Type: text/xml\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
-        target.path,
-        signed_query(token, ts, &nonce, &openid),
-        target.host,
-        body.len(),
-        if keep_alive { "keep-alive" } else { "close" },
-    );
-    head.push_str(&body);
-    head.into_bytes()
+    let spec = PostSpec::plain(token, kind);
+    spec.request(target, seq, keep_alive)
+}
+
+/// What a load generator sends: the token, the message kind, optionally a fixed text (to hit a
+/// command) and optionally the safe-mode cipher (to send encrypted, `msg_signature`-signed POSTs).
+#[derive(Clone, Debug)]
+pub struct PostSpec {
+    pub token: String,
+    pub kind: BodyKind,
+    /// For [`BodyKind::Text`]: the `Content` to send instead of `hello {MsgId}`; `{n}` in it is
+    /// replaced by the request's sequence number (so a command's `{args}` differ per request).
+    pub text: Option<String>,
+    /// Safe mode (安全模式): the body is `<xml><ToUserName/><Encrypt/></xml>` and the query
+    /// carries `encrypt_type=aes&msg_signature=..` as WeChat sends them.
+    pub crypt: Option<wxmp::crypto::MsgCrypt>,
+}
+
+impl PostSpec {
+    /// Plain mode, WeChat-style content.
+    pub fn plain(token: &str, kind: BodyKind) -> PostSpec {
+        PostSpec {
+            token: token.to_string(),
+            kind,
+            text: None,
+            crypt: None,
+        }
+    }
+
+    /// Builds one complete signed (and, with a cipher, encrypted) POST request for `target`.
+    pub fn request(&self, target: &Target, seq: u64, keep_alive: bool) -> Vec<u8> {
+        let ts = unix_now();
+        let nonce = nonce_for(seq);
+        let user = seq % 1000;
+        let openid = format!("oUSER{user}");
+        let msg_id = fresh_msg_id(seq);
+        let mut body = match (&self.text, self.kind) {
+            (Some(text), BodyKind::Text) => {
+                text_body(&text.replace("{n}", &seq.to_string()), user, ts, msg_id)
+            }
+            _ => message_body(self.kind, user, ts, msg_id),
+        };
+        let mut query = signed_query(&self.token, ts, &nonce, &openid);
+        if let Some(crypt) = &self.crypt {
+            // A fixed prefix keeps the client's CPU share down (the OS RNG is not needed to
+            // test the server); the server's reply uses its own random prefix.
+            let mut prefix = [0u8; 16];
+            prefix[..8].copy_from_slice(&seq.to_le_bytes());
+            let encrypt = crypt.encrypt_with_prefix(&body, prefix);
+            let msg_signature =
+                wxmp::signature::sign(&[&self.token, &ts.to_string(), &nonce, &encrypt]);
+            let _ = write!(query, "&encrypt_type=aes&msg_signature={msg_signature}");
+            body = format!(
+                "<xml><ToUserName><![CDATA[gh_test]]></ToUserName>\
+                 <Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"
+            );
+        }
+        let mut head = String::with_capacity(256 + body.len());
+        let _ = write!(
+            head,
+            "POST {}?{} HTTP/1.1\r\nHost: {}\r\nUser-Agent: wxmp-loadgen\r\n\
+             Content-Type: text/xml\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+            target.path,
+            query,
+            target.host,
+            body.len(),
+            if keep_alive { "keep-alive" } else { "close" },
+        );
+        head.push_str(&body);
+        head.into_bytes()
+    }
+}
+
+/// A text message with the given `Content` (CDATA; `]]>` must not occur in `content`).
+pub fn text_body(content: &str, user: u64, ts: u64, msg_id: u64) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[gh_test]]></ToUserName>\
+         <FromUserName><![CDATA[oUSER{user}]]></FromUserName>\
+         <CreateTime>{ts}</CreateTime><MsgType><![CDATA[text]]></MsgType>\
+         <Content><![CDATA[{content}]]></Content><MsgId>{msg_id}</MsgId></xml>"
+    )
+}
+
+/// True if `needle` occurs in `haystack` (an empty needle always does).
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// A parsed HTTP response.

@@ -1,0 +1,837 @@
+//! compare: wxmp against the bare tiny_http floor, in one run on loopback.
+//!
+//! ```text
+//! cargo bench --bench compare                         # 5 s per row, prints the markdown table
+//! cargo bench --bench compare -- --duration 5 --write # and writes it into docs/benchmarks.md
+//! cargo bench --bench compare -- --quick              # 2 s per row, 0.5 s warm-up
+//! ```
+//!
+//! `cargo bench` builds the `wxmp` binary itself (release profile) and passes its path here
+//! (`CARGO_BIN_EXE_wxmp`); the floor server (the code of `examples/floor.rs`) is compiled into
+//! this bench and started as a child process of it (`compare --serve-floor ADDR THREADS`), so
+//! nothing can be stale and nothing else needs building.
+//!
+//! Rows (each server freshly started, on a free loopback port, `workers` threads, its log in a
+//! temp folder): floor, wxmp plain, wxmp safe mode (encrypted, `msg_signature`-signed POSTs),
+//! wxmp answering a `file` command, wxmp answering an `exec` command; each with keep-alive and
+//! with a new connection per request. Every row: a warm-up run with the same load (its
+//! stranded connections are reported), then the measured run. In-process client threads are
+//! the load generator (`benches/support/load.rs`, as `loadgen`); they share the CPUs with the
+//! server.
+//!
+//! With no arguments at all (`cargo test --benches`) it only prints how to run it.
+
+#[path = "../examples/support/bare_tiny_http.rs"]
+mod bare_tiny_http;
+#[path = "support/load.rs"]
+mod load;
+#[path = "support/wxhttp.rs"]
+mod wxhttp;
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use load::{LoadSpec, Report};
+use wxhttp::{BodyKind, PostSpec, Target};
+
+const USAGE: &str = "usage: cargo bench --bench compare -- [--duration 5] [--warmup 1] [--quick] \
+[--connections 32] [--workers 4] [--rounds 1] [--only floor,plain,safe,file,exec] \
+[--modes keep-alive,new-conn] [--log-level info] [--write] [--out FILE]";
+
+const TOKEN: &str = "benchToken2024";
+const APP_ID: &str = "wxbench0123456789";
+/// WeChat's published sample EncodingAESKey (43 characters, trailing bits set).
+const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+const DEFAULT_REPLY: &str = "bench default reply";
+const WXMP_PATH: &str = "/wx";
+const START_WITHIN: Duration = Duration::from_secs(10);
+const STOP_WITHIN: Duration = Duration::from_secs(6);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Floor,
+    Plain,
+    Safe,
+    File,
+    Exec,
+}
+
+const KINDS: [Kind; 5] = [Kind::Floor, Kind::Plain, Kind::Safe, Kind::File, Kind::Exec];
+
+impl Kind {
+    fn key(self) -> &'static str {
+        match self {
+            Kind::Floor => "floor",
+            Kind::Plain => "plain",
+            Kind::Safe => "safe",
+            Kind::File => "file",
+            Kind::Exec => "exec",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Floor => "floor (bare tiny_http)",
+            Kind::Plain => "wxmp plain",
+            Kind::Safe => "wxmp safe mode (AES)",
+            Kind::File => "wxmp `file` command",
+            Kind::Exec => "wxmp `exec` command",
+        }
+    }
+}
+
+struct Options {
+    duration: Duration,
+    warmup: Duration,
+    connections: usize,
+    workers: usize,
+    rounds: usize,
+    kinds: Vec<Kind>,
+    modes: Vec<bool>,
+    write: bool,
+    out: PathBuf,
+    quick: bool,
+    /// wxmp's `[log] level` (`info`, as deployed, logs a line per message).
+    log_level: String,
+}
+
+fn seconds(name: &str, v: Option<String>) -> Result<Duration, String> {
+    let v = v.ok_or_else(|| format!("{name} needs a value"))?;
+    let s: f64 = v
+        .parse()
+        .map_err(|_| format!("{name} wants seconds, got {v:?}"))?;
+    if !(s > 0.0 && s <= 600.0) {
+        return Err(format!("{name} must be in (0, 600] seconds"));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn count(name: &str, v: Option<String>, max: usize) -> Result<usize, String> {
+    v.and_then(|v| v.parse().ok())
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| format!("{name} must be 1..={max}"))
+}
+
+fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        duration: Duration::from_secs(5),
+        warmup: Duration::from_secs(1),
+        connections: 32,
+        workers: 4,
+        rounds: 1,
+        kinds: KINDS.to_vec(),
+        modes: vec![false, true],
+        write: false,
+        out: Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md"),
+        quick: false,
+        log_level: "info".into(),
+    };
+    let (mut duration, mut warmup) = (None, None);
+    let mut it = args.iter().cloned();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--bench" => {}
+            "--duration" | "-d" => duration = Some(seconds("--duration", it.next())?),
+            "--warmup" => warmup = Some(seconds("--warmup", it.next())?),
+            "--quick" => o.quick = true,
+            "--connections" | "-c" => o.connections = count("--connections", it.next(), 1000)?,
+            "--workers" => o.workers = count("--workers", it.next(), 64)?,
+            "--rounds" => o.rounds = count("--rounds", it.next(), 9)?,
+            "--only" => {
+                let v = it.next().ok_or("--only needs a value")?;
+                o.kinds = v
+                    .split(',')
+                    .map(|k| {
+                        KINDS
+                            .iter()
+                            .copied()
+                            .find(|x| x.key() == k.trim())
+                            .ok_or_else(|| format!("--only: unknown row {k:?}"))
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "--modes" => {
+                let v = it.next().ok_or("--modes needs a value")?;
+                o.modes = v
+                    .split(',')
+                    .map(|m| match m.trim() {
+                        "keep-alive" => Ok(false),
+                        "new-conn" => Ok(true),
+                        other => Err(format!("--modes: unknown mode {other:?}")),
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "--log-level" => {
+                let v = it.next().ok_or("--log-level needs a value")?;
+                if !["error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
+                    return Err(format!(
+                        "--log-level: {v:?} is not error|warn|info|debug|trace"
+                    ));
+                }
+                o.log_level = v;
+            }
+            "--write" => o.write = true,
+            "--out" => {
+                o.out = PathBuf::from(it.next().ok_or("--out needs a file")?);
+                o.write = true;
+            }
+            "--help" | "-h" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    let (d, w) = if o.quick {
+        (Duration::from_secs(2), Duration::from_millis(500))
+    } else {
+        (o.duration, o.warmup)
+    };
+    o.duration = duration.unwrap_or(d);
+    o.warmup = warmup.unwrap_or(w);
+    Ok(o)
+}
+
+/// A free loopback port: bound, read and released (another process could take it in between;
+/// the server then fails to start and the run says so).
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+}
+
+/// A running server under test.
+struct Running {
+    kind: Kind,
+    child: Child,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+fn wxmp_config(kind: Kind, addr: SocketAddr, opts: &Options, dir: &Path) -> String {
+    let workers = opts.workers;
+    let mut c = format!(
+        "token = \"{TOKEN}\"\nlisten = \"{addr}\"\npath = \"{WXMP_PATH}\"\nworkers = {workers}\n"
+    );
+    if kind == Kind::Safe {
+        let _ = writeln!(c, "app_id = \"{APP_ID}\"\nencoding_aes_key = \"{AES_KEY}\"");
+    }
+    let _ = write!(
+        c,
+        "\n[log]\ndir = \"{}\"\nlevel = \"{}\"\n\n[reply]\ndefault = \"{DEFAULT_REPLY}\"\n\n\
+         [[command]]\nname = \"news\"\nfile = \"news.txt\"\n\n\
+         [[command]]\nprefix = \"echo\"\nexec = [\"/bin/echo\", \"echoed\", \"{{args}}\"]\n",
+        dir.join("log").display(),
+        opts.log_level,
+    );
+    c
+}
+
+/// About 1 KiB of news, as a crawler would leave it.
+fn news_text() -> String {
+    let mut s = String::from("bench news: the crawler's latest lines\n");
+    let mut i = 1;
+    while s.len() < 1000 {
+        let _ = writeln!(
+            s,
+            "{i}. 今日要闻：标题 {i}，来源 example.com，更新于 10:0{i}"
+        );
+        i += 1;
+    }
+    s
+}
+
+fn start(kind: Kind, opts: &Options, root: &Path, seq: usize) -> Result<Running, String> {
+    let addr = free_addr();
+    let dir = root.join(format!("{seq:02}-{}", kind.key()));
+    fs::create_dir_all(dir.join("log")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let stderr = fs::File::create(dir.join("stderr.txt")).map_err(|e| e.to_string())?;
+    let mut cmd = if kind == Kind::Floor {
+        let me = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+        let mut c = Command::new(me);
+        c.arg("--serve-floor")
+            .arg(addr.to_string())
+            .arg(opts.workers.to_string());
+        c
+    } else {
+        let bin = Path::new(env!("CARGO_BIN_EXE_wxmp"));
+        if !bin.is_file() {
+            return Err(format!(
+                "{} is missing: run `cargo bench --bench compare` (it builds the wxmp binary), \
+                 or `cargo build --release --bin wxmp` first",
+                bin.display()
+            ));
+        }
+        let config = dir.join("wxmp.toml");
+        fs::write(&config, wxmp_config(kind, addr, opts, &dir)).map_err(|e| e.to_string())?;
+        fs::write(dir.join("news.txt"), news_text()).map_err(|e| e.to_string())?;
+        let mut c = Command::new(bin);
+        c.arg("serve").arg("--config").arg(&config);
+        c
+    };
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WXMP_") {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| format!("cannot start the {} server: {e}", kind.key()))?;
+    let mut running = Running {
+        kind,
+        child,
+        addr,
+        dir,
+    };
+    let deadline = Instant::now() + START_WITHIN;
+    loop {
+        if let Ok(Some(status)) = running.child.try_wait() {
+            let err = fs::read_to_string(running.dir.join("stderr.txt")).unwrap_or_default();
+            return Err(format!(
+                "the {} server exited at start ({status}):\n{err}",
+                kind.key()
+            ));
+        }
+        if probe(addr) {
+            return Ok(running);
+        }
+        if Instant::now() > deadline {
+            running.stop();
+            return Err(format!(
+                "the {} server did not answer on {addr} within {START_WITHIN:?}",
+                kind.key()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One `GET /healthz` on a fresh connection; true on any complete HTTP answer.
+fn probe(addr: SocketAddr) -> bool {
+    let Ok(mut c) = wxhttp::Conn::connect(addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let req = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    c.round_trip(req.as_bytes()).is_ok()
+}
+
+/// `VmHWM` (peak RSS) and `Threads` of a process, from `/proc/PID/status`.
+fn proc_status(pid: u32) -> (Option<u64>, Option<u64>) {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+    };
+    (field("VmHWM:"), field("Threads:"))
+}
+
+/// CPU time (user + system) a process has used, from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here (state is 3rd).
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|&h| h > 0)?;
+    Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
+impl Running {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within [`STOP_WITHIN`].
+    fn stop(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + STOP_WITHIN;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "compare: the {} server did not stop within {STOP_WITHIN:?} of SIGTERM; killing it",
+            self.kind.key()
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn post_spec(kind: Kind) -> PostSpec {
+    let mut p = PostSpec::plain(TOKEN, BodyKind::Text);
+    match kind {
+        Kind::Safe => {
+            p.crypt = Some(
+                wxmp::crypto::MsgCrypt::new(TOKEN, AES_KEY, APP_ID).expect("the bench's AES key"),
+            )
+        }
+        Kind::File => p.text = Some("news".into()),
+        Kind::Exec => p.text = Some("echo {n}".into()),
+        Kind::Floor | Kind::Plain => {}
+    }
+    p
+}
+
+/// What every 2xx answer of a row must contain (a cheap check inside the measured run).
+fn expected(kind: Kind) -> Vec<u8> {
+    match kind {
+        Kind::Floor => b"<![CDATA[floor]]>".to_vec(),
+        Kind::Plain => format!("<![CDATA[{DEFAULT_REPLY}]]>").into_bytes(),
+        Kind::Safe => b"<Encrypt><![CDATA[".to_vec(),
+        Kind::File => b"<![CDATA[bench news: ".to_vec(),
+        Kind::Exec => b"<![CDATA[echoed ".to_vec(),
+    }
+}
+
+/// One request checked the way WeChat would, before the load: in safe mode the answer is
+/// verified (`MsgSignature`) and decrypted, and must hold the default reply.
+fn sanity(kind: Kind, addr: SocketAddr) -> Result<(), String> {
+    let target = Target::from_addr(addr, WXMP_PATH);
+    let spec = post_spec(kind);
+    let mut c = wxhttp::Conn::connect(addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let resp = c
+        .round_trip(&spec.request(&target, wxhttp::next_seq(), false))
+        .map_err(|e| format!("{}: sanity request: {e}", kind.key()))?;
+    let body = String::from_utf8_lossy(&resp.body).into_owned();
+    if resp.status != 200 || !wxhttp::contains(&resp.body, &expected(kind)) {
+        return Err(format!(
+            "{}: sanity request answered {} {body:?}",
+            kind.key(),
+            resp.status
+        ));
+    }
+    if let Some(crypt) = &spec.crypt {
+        let r = wxmp::crypto::parse_encrypted_reply(&body).map_err(|e| e.to_string())?;
+        let xml = crypt
+            .verify_and_decrypt(&r.msg_signature, &r.timestamp, &r.nonce, &r.encrypt)
+            .map_err(|e| format!("safe: the reply does not verify/decrypt: {e}"))?;
+        if !xml.contains(DEFAULT_REPLY) {
+            return Err(format!("safe: the decrypted reply is {xml:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// One measured row.
+#[derive(Clone)]
+struct Row {
+    kind: Kind,
+    new_conn: bool,
+    warm: Report,
+    run: Report,
+    peak_rss_kib: Option<u64>,
+    threads: Option<u64>,
+    /// Server CPU time per answered request during the measured run.
+    cpu_us_per_req: Option<f64>,
+}
+
+fn load_spec(kind: Kind, addr: SocketAddr, opts: &Options, new_conn: bool) -> LoadSpec {
+    LoadSpec {
+        target: Target::from_addr(addr, WXMP_PATH),
+        post: post_spec(kind),
+        connections: opts.connections,
+        duration: opts.duration,
+        new_conn,
+        timeout: Duration::from_secs(5),
+        expect: Some(expected(kind)),
+    }
+}
+
+fn measure(
+    kind: Kind,
+    new_conn: bool,
+    opts: &Options,
+    root: &Path,
+    seq: usize,
+) -> Result<Row, String> {
+    let mut server = start(kind, opts, root, seq)?;
+    if kind != Kind::Floor {
+        if let Err(e) = sanity(kind, server.addr) {
+            server.stop();
+            return Err(e);
+        }
+    }
+    let mut spec = load_spec(kind, server.addr, opts, new_conn);
+    spec.duration = opts.warmup;
+    let warm = load::run(&spec);
+    spec.duration = opts.duration;
+    let cpu0 = cpu_time(server.pid());
+    let run = load::run(&spec);
+    let cpu1 = cpu_time(server.pid());
+    let (peak_rss_kib, threads) = proc_status(server.pid());
+    server.stop();
+    let cpu_us_per_req = match (cpu0, cpu1) {
+        (Some(a), Some(b)) if run.ok > 0 => {
+            Some(b.saturating_sub(a).as_secs_f64() * 1e6 / run.ok as f64)
+        }
+        _ => None,
+    };
+    let row = Row {
+        kind,
+        new_conn,
+        warm,
+        run,
+        peak_rss_kib,
+        threads,
+        cpu_us_per_req,
+    };
+    eprintln!(
+        "compare: {:<24} {:<10} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  err {} to {} bad {}  \
+         stranded {}/{}  rss {} KiB  threads {}  cpu {:.1} us/req",
+        kind.label(),
+        spec.mode(),
+        row.run.rps,
+        ms(row.run.p50_us),
+        ms(row.run.p99_us),
+        row.run.errors,
+        row.run.timeouts,
+        row.run.non2xx + row.run.wrong,
+        row.warm.stranded,
+        row.run.stranded,
+        row.peak_rss_kib.unwrap_or(0),
+        row.threads.unwrap_or(0),
+        row.cpu_us_per_req.unwrap_or(f64::NAN),
+    );
+    Ok(row)
+}
+
+fn ms(us: u32) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0))
+}
+
+/// `YYYY-MM-DD HH:MM UTC` without a date crate (days-to-civil, Howard Hinnant's algorithm).
+fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let load = fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    format!("{cpus} CPUs (nproc), {model}, Linux {kernel}, load average before the run {load}")
+}
+
+/// The median row by req/s of several rounds (peak RSS: the largest of them).
+fn median(mut rows: Vec<Row>) -> Row {
+    rows.sort_by(|a, b| a.run.rps.total_cmp(&b.run.rps));
+    let peak = rows.iter().filter_map(|r| r.peak_rss_kib).max();
+    let mut m = rows[rows.len() / 2].clone();
+    m.peak_rss_kib = peak;
+    m
+}
+
+fn find(rows: &[Row], kind: Kind, new_conn: bool) -> Option<&Row> {
+    rows.iter()
+        .find(|r| r.kind == kind && r.new_conn == new_conn)
+}
+
+fn ratio(rows: &[Row], a: Kind, b: Kind, new_conn: bool) -> Option<f64> {
+    let (a, b) = (find(rows, a, new_conn)?, find(rows, b, new_conn)?);
+    (b.run.rps > 0.0).then(|| a.run.rps / b.run.rps)
+}
+
+fn fmt_ratio(r: Option<f64>) -> String {
+    r.map_or("–".into(), |r| format!("{r:.2}"))
+}
+
+fn thousands(n: f64) -> String {
+    let s = format!("{:.0}", n);
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn report(rows: &[Row], opts: &Options, command: &str, started: &str) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "Measured {started} on {}.", machine());
+    let _ = writeln!(
+        md,
+        "Command: `{command}`. Each row: a freshly started server on a free loopback port \
+         ({} worker threads; wxmp logs at `{}` to a temp folder and to stderr, which goes to a file), a {:.1} s \
+         warm-up with the same load, then {:.1} s measured{}; {} client connections sending signed \
+         text messages with a fresh MsgId each, from threads of the bench process on the same \
+         CPUs as the server.\n",
+        opts.workers,
+        opts.log_level,
+        opts.warmup.as_secs_f64(),
+        opts.duration.as_secs_f64(),
+        if opts.rounds > 1 {
+            format!(" (median of {} rounds by req/s)", opts.rounds)
+        } else {
+            String::new()
+        },
+        opts.connections,
+    );
+    md.push_str(
+        "| server | connections | req/s | p50 ms | p99 ms | max ms | errors | timeouts | \
+         non-2xx / wrong | stranded (warm-up → measured) | server CPU µs/req | peak RSS MiB |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for new_conn in [false, true] {
+        for kind in KINDS {
+            let Some(r) = find(rows, kind, new_conn) else {
+                continue;
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.2} | {:.2} | {:.1} | {} | {} | {} / {} | {} → {} of {} | {} | {} |",
+                kind.label(),
+                if new_conn { "new per request" } else { "keep-alive" },
+                thousands(r.run.rps),
+                ms(r.run.p50_us),
+                ms(r.run.p99_us),
+                ms(r.run.max_us),
+                r.run.errors,
+                r.run.timeouts,
+                r.run.non2xx,
+                r.run.wrong,
+                r.warm.stranded,
+                r.run.stranded,
+                opts.connections,
+                r.cpu_us_per_req.map_or("?".into(), |c| format!("{c:.0}")),
+                mib(r.peak_rss_kib),
+            );
+        }
+    }
+    md.push_str("\n| ratio (req/s) | keep-alive | new connection per request |\n|---|---:|---:|\n");
+    for (name, a, b) in [
+        ("wxmp plain / floor", Kind::Plain, Kind::Floor),
+        ("safe / plain", Kind::Safe, Kind::Plain),
+        ("file / plain", Kind::File, Kind::Plain),
+        ("exec / plain", Kind::Exec, Kind::Plain),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} |",
+            fmt_ratio(ratio(rows, a, b, false)),
+            fmt_ratio(ratio(rows, a, b, true)),
+        );
+    }
+    md.push_str("\n| target (issue 6 / issue 4) | measured | met |\n|---|---:|---|\n");
+    let yes = |b: bool| if b { "yes" } else { "**no**" };
+    if let Some(r) = ratio(rows, Kind::Plain, Kind::Floor, false) {
+        let _ = writeln!(
+            md,
+            "| wxmp/floor ≥ 0.9 with keep-alive | {r:.2} | {} |",
+            yes(r >= 0.9)
+        );
+    }
+    if let Some(p) = find(rows, Kind::Plain, false) {
+        let _ = writeln!(
+            md,
+            "| p99 < 2 ms at {} connections (wxmp plain, keep-alive) | {:.2} ms | {} |",
+            opts.connections,
+            ms(p.run.p99_us),
+            yes(p.run.p99_us < 2000)
+        );
+    }
+    let rss = rows
+        .iter()
+        .filter(|r| r.kind != Kind::Floor)
+        .filter_map(|r| r.peak_rss_kib)
+        .max();
+    if let Some(k) = rss {
+        let _ = writeln!(
+            md,
+            "| peak RSS ≤ 10 MiB (largest wxmp row) | {} MiB | {} |",
+            mib(Some(k)),
+            yes(k <= 10 * 1024)
+        );
+    }
+    if let Some(r) = ratio(rows, Kind::Safe, Kind::Plain, false) {
+        let _ = writeln!(
+            md,
+            "| safe mode ≥ 0.8× plain (keep-alive) | {r:.2} | {} |",
+            yes(r >= 0.8)
+        );
+    }
+    md
+}
+
+const BEGIN: &str = "<!-- compare:begin (written by `cargo bench --bench compare -- --write`) -->";
+const END: &str = "<!-- compare:end -->";
+
+/// Puts `table` between the markers of `path` (keeping the text around them), or writes a new
+/// file with a title and the markers.
+fn write_doc(path: &Path, table: &str) -> Result<(), String> {
+    let block = format!("{BEGIN}\n{table}{END}\n");
+    let text = match fs::read_to_string(path) {
+        Ok(old) => match (old.find(BEGIN), old.find(END)) {
+            (Some(b), Some(e)) if b < e => {
+                format!(
+                    "{}{block}{}",
+                    &old[..b],
+                    old[e + END.len()..].trim_start_matches('\n')
+                )
+            }
+            _ => format!("{old}\n{block}"),
+        },
+        Err(_) => format!("# Benchmarks\n\n{block}"),
+    };
+    fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn serve_floor(args: &[String]) -> ExitCode {
+    let addr = args.first().map_or("127.0.0.1:0", String::as_str);
+    let threads = args.get(1).and_then(|t| t.parse().ok()).unwrap_or(4);
+    match bare_tiny_http::BareServer::start(addr, threads) {
+        Ok(server) => {
+            server.join();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("floor: cannot listen on {addr}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--serve-floor") {
+        return serve_floor(&args[1..]);
+    }
+    // `cargo test --benches` runs this with no arguments: a minute of load is not a test.
+    if args.is_empty() {
+        println!("compare: not run without arguments (cargo test); run it with\n{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let opts = match parse_args(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let shown: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--bench")
+        .collect();
+    let command = if shown.is_empty() {
+        "cargo bench --bench compare".to_string()
+    } else {
+        format!("cargo bench --bench compare -- {}", shown.join(" "))
+    };
+    let started = utc_now();
+    let root = std::env::temp_dir().join(format!("wxmp-compare-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    if let Err(e) = fs::create_dir_all(&root) {
+        eprintln!("compare: cannot create {}: {e}", root.display());
+        return ExitCode::FAILURE;
+    }
+    eprintln!(
+        "compare: {} rows x {} round(s), {:.1} s warm-up + {:.1} s each; servers under {}",
+        opts.kinds.len() * opts.modes.len(),
+        opts.rounds,
+        opts.warmup.as_secs_f64(),
+        opts.duration.as_secs_f64(),
+        root.display()
+    );
+    let mut all: Vec<Vec<Row>> = Vec::new();
+    let mut seq = 0;
+    let mut failed = None;
+    'rounds: for _ in 0..opts.rounds {
+        for &new_conn in &opts.modes {
+            for &kind in &opts.kinds {
+                seq += 1;
+                match measure(kind, new_conn, &opts, &root, seq) {
+                    Ok(row) => match all
+                        .iter_mut()
+                        .find(|v| v[0].kind == kind && v[0].new_conn == new_conn)
+                    {
+                        Some(v) => v.push(row),
+                        None => all.push(vec![row]),
+                    },
+                    Err(e) => {
+                        failed = Some(e);
+                        break 'rounds;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(e) = failed {
+        eprintln!("compare: {e}\n(server files kept in {})", root.display());
+        return ExitCode::FAILURE;
+    }
+    let _ = fs::remove_dir_all(&root);
+    let rows: Vec<Row> = all.into_iter().map(median).collect();
+    let table = report(&rows, &opts, &command, &started);
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "\n{table}");
+    if opts.write {
+        if let Err(e) = write_doc(&opts.out, &table) {
+            eprintln!("compare: {e}");
+            return ExitCode::FAILURE;
+        }
+        let _ = writeln!(out, "compare: wrote {}", opts.out.display());
+    }
+    ExitCode::SUCCESS
+}
