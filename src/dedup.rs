@@ -3,9 +3,11 @@
 //! a retry that arrives while the first try is still working waits for them.
 //!
 //! Entries live about 30 s (longer than WeChat's ~15 s of retries) and the table holds a bounded
-//! number of them, so memory stays flat under any load: when it is full the oldest entry goes.
+//! number of them and a bounded number of answer bytes, so memory stays flat under any load: when
+//! it is full the oldest entry goes.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -15,17 +17,41 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 /// How many messages are remembered at most.
 pub const DEFAULT_CAPACITY: usize = 4096;
 
+/// How many bytes of answers are remembered at most (4096 encrypted 2 KiB texts would be 11 MiB).
+pub const DEFAULT_BYTE_BUDGET: usize = 2 << 20;
+
+/// The size of a remembered answer, for the byte budget.
+pub trait Weigh {
+    /// Bytes this answer holds.
+    fn weight(&self) -> usize;
+}
+
+impl Weigh for u32 {
+    fn weight(&self) -> usize {
+        4
+    }
+}
+
+impl Weigh for String {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
 /// The table of recent messages, keyed by [`crate::message::Message::dedup_key`].
 pub struct Dedup<T> {
     inner: Mutex<Inner<T>>,
     ttl: Duration,
     capacity: usize,
+    budget: usize,
+    /// Bytes of the answers in the table (see [`Weigh`]).
+    bytes: Arc<AtomicUsize>,
 }
 
 struct Inner<T> {
-    entries: HashMap<String, Arc<Slot<T>>>,
+    entries: HashMap<Arc<str>, Arc<Slot<T>>>,
     /// Insertion order, for expiry and eviction of the oldest.
-    order: VecDeque<(Instant, String)>,
+    order: VecDeque<(Instant, Arc<str>)>,
 }
 
 /// One message's place in the table: pending until its first try completes.
@@ -33,6 +59,17 @@ pub struct Slot<T> {
     state: Mutex<State<T>>,
     ready: Condvar,
     created: Instant,
+    /// The answer's weight once completed, counted in the table's bytes until removed.
+    weight: AtomicUsize,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl<T> Slot<T> {
+    /// Takes this slot's answer out of the table's byte count (it is leaving the table).
+    fn release(&self) {
+        let w = self.weight.swap(0, Ordering::SeqCst);
+        self.bytes.fetch_sub(w, Ordering::SeqCst);
+    }
 }
 
 enum State<T> {
@@ -71,15 +108,21 @@ fn lock<X>(m: &Mutex<X>) -> MutexGuard<'_, X> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl<T: Clone> Default for Dedup<T> {
+impl<T: Clone + Weigh> Default for Dedup<T> {
     fn default() -> Self {
         Dedup::new(DEFAULT_TTL, DEFAULT_CAPACITY)
     }
 }
 
-impl<T: Clone> Dedup<T> {
-    /// A table remembering answers for `ttl`, at most `capacity` of them.
+impl<T: Clone + Weigh> Dedup<T> {
+    /// A table remembering answers for `ttl`, at most `capacity` of them and
+    /// [`DEFAULT_BYTE_BUDGET`] bytes of them.
     pub fn new(ttl: Duration, capacity: usize) -> Self {
+        Dedup::with_budget(ttl, capacity, DEFAULT_BYTE_BUDGET)
+    }
+
+    /// Like [`Dedup::new`] with a byte budget of `budget`.
+    pub fn with_budget(ttl: Duration, capacity: usize, budget: usize) -> Self {
         Dedup {
             inner: Mutex::new(Inner {
                 entries: HashMap::new(),
@@ -87,7 +130,14 @@ impl<T: Clone> Dedup<T> {
             }),
             ttl,
             capacity: capacity.max(1),
+            budget,
+            bytes: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Bytes of answers remembered now.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::SeqCst)
     }
 
     /// Claims the message with `key`: the first try gets a [`Ticket`], later tries a [`Repeat`].
@@ -107,11 +157,9 @@ impl<T: Clone> Dedup<T> {
             };
             return Claim::Repeat(Repeat { slot, attempt });
         }
-        while inner.entries.len() >= self.capacity {
+        while inner.entries.len() >= self.capacity || self.bytes() > self.budget {
             match inner.order.pop_front() {
-                Some((_, old)) => {
-                    inner.entries.remove(&old);
-                }
+                Some((created, old)) => Self::remove(&mut inner, &old, created),
                 None => break,
             }
         }
@@ -119,9 +167,12 @@ impl<T: Clone> Dedup<T> {
             state: Mutex::new(State::Pending { tries: 1 }),
             ready: Condvar::new(),
             created: now,
+            weight: AtomicUsize::new(0),
+            bytes: Arc::clone(&self.bytes),
         });
-        inner.entries.insert(key.to_string(), Arc::clone(&slot));
-        inner.order.push_back((now, key.to_string()));
+        let key: Arc<str> = key.into();
+        inner.entries.insert(Arc::clone(&key), Arc::clone(&slot));
+        inner.order.push_back((now, key));
         Claim::First(Ticket {
             slot,
             completed: false,
@@ -135,14 +186,16 @@ impl<T: Clone> Dedup<T> {
                 break;
             }
             if let Some((created, key)) = inner.order.pop_front() {
-                // Only remove the entry this order record was made for.
-                if inner
-                    .entries
-                    .get(&key)
-                    .is_some_and(|s| s.created == created)
-                {
-                    inner.entries.remove(&key);
-                }
+                Self::remove(inner, &key, created);
+            }
+        }
+    }
+
+    /// Removes `key`'s entry if it is the one made at `created` (an order record may outlive it).
+    fn remove(inner: &mut Inner<T>, key: &str, created: Instant) {
+        if inner.entries.get(key).is_some_and(|s| s.created == created) {
+            if let Some(slot) = inner.entries.remove(key) {
+                slot.release();
             }
         }
     }
@@ -158,10 +211,13 @@ impl<T: Clone> Dedup<T> {
     }
 }
 
-impl<T: Clone> Ticket<T> {
+impl<T: Clone + Weigh> Ticket<T> {
     /// Records the answer and wakes every try waiting for it.
     pub fn complete(mut self, answer: T) {
         self.completed = true;
+        let w = answer.weight();
+        self.slot.weight.store(w, Ordering::SeqCst);
+        self.slot.bytes.fetch_add(w, Ordering::SeqCst);
         *lock(&self.slot.state) = State::Done(answer);
         self.slot.ready.notify_all();
     }
@@ -315,5 +371,23 @@ mod tests {
         thread::sleep(Duration::from_millis(40));
         let _ = d.claim("new");
         assert_eq!(d.len(), 1);
+        assert_eq!(d.bytes(), 0, "expired answers leave the byte count");
+    }
+
+    #[test]
+    fn the_byte_budget_evicts_the_oldest_answers() {
+        let d: Dedup<String> = Dedup::with_budget(Duration::from_secs(30), 4096, 10_000);
+        for i in 0..100 {
+            if let Claim::First(t) = d.claim(&i.to_string()) {
+                t.complete("x".repeat(1000));
+            }
+        }
+        assert!(d.bytes() <= 11_000, "{} bytes kept", d.bytes());
+        assert!(d.len() <= 11, "{} entries kept", d.len());
+        assert!(
+            matches!(d.claim("99"), Claim::Repeat(_)),
+            "the newest stays"
+        );
+        assert!(matches!(d.claim("0"), Claim::First(_)), "the oldest went");
     }
 }

@@ -85,6 +85,12 @@ pub struct Answer {
     pub kind: &'static str,
 }
 
+impl crate::dedup::Weigh for Answer {
+    fn weight(&self) -> usize {
+        self.body.len()
+    }
+}
+
 impl Answer {
     fn content_type(&self) -> &'static str {
         if self.body.starts_with('<') {
@@ -456,9 +462,23 @@ fn respond_text(req: Request, status: u16, body: &str) {
     let _ = req.respond(resp);
 }
 
+/// An answer's bytes for tiny_http to read, shared with the retry table rather than copied.
+struct SharedBody(Arc<str>);
+
+impl AsRef<[u8]> for SharedBody {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 fn respond_answer(req: Request, answer: &Answer) {
-    let resp = Response::from_string(answer.body.to_string())
-        .with_header(header("Content-Type", answer.content_type()));
+    let resp = Response::new(
+        tiny_http::StatusCode(200),
+        vec![header("Content-Type", answer.content_type())],
+        std::io::Cursor::new(SharedBody(Arc::clone(&answer.body))),
+        Some(answer.body.len()),
+        None,
+    );
     let _ = req.respond(resp);
 }
 
