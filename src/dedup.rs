@@ -17,8 +17,9 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 /// How many messages are remembered at most.
 pub const DEFAULT_CAPACITY: usize = 4096;
 
-/// How many bytes of answers are remembered at most (4096 encrypted 2 KiB texts would be 11 MiB).
-pub const DEFAULT_BYTE_BUDGET: usize = 2 << 20;
+/// How many bytes of answers are remembered at most: 1 MiB is ~2000 plain answers, far more than
+/// WeChat retries within 30 s for one account (4096 encrypted 2 KiB texts would be 11 MiB).
+pub const DEFAULT_BYTE_BUDGET: usize = 1 << 20;
 
 /// The size of a remembered answer, for the byte budget.
 pub trait Weigh {
