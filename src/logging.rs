@@ -19,10 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{LevelFilter, Log, Metadata, Record};
-use simplelog::{
-    ColorChoice, CombinedLogger, Config, ConfigBuilder, LevelPadding, SharedLogger, TermLogger,
-    TerminalMode, WriteLogger,
-};
+use simplelog::{CombinedLogger, Config, ConfigBuilder, LevelPadding, SharedLogger, WriteLogger};
 
 /// Name of the active log file inside the log directory.
 const FILE_NAME: &str = "wxmp.log";
@@ -472,6 +469,9 @@ impl Log for FileLogger {
         let bytes = std::mem::take(&mut *lock(&self.buf.0));
         if !bytes.is_empty() {
             let _ = file.write_all(&bytes);
+            // The same formatted line to stderr (a terminal, or journald under systemd): one
+            // formatting for both, where a second simplelog logger would format it again.
+            let _ = io::stderr().lock().write_all(&bytes);
         }
     }
 
@@ -497,8 +497,9 @@ impl SharedLogger for FileLogger {
 /// Set once [`init`] has installed the global logger.
 static INITIALISED: Mutex<bool> = Mutex::new(false);
 
-/// Installs the global logger: a simplelog `CombinedLogger` of a `TermLogger` to stderr and a
-/// logger writing whole records to a [`RotatingFile`] in `settings.dir`.
+/// Installs the global logger: a simplelog `CombinedLogger` of one logger that formats each
+/// record once (simplelog's `WriteLogger` format) and writes the whole line to a
+/// [`RotatingFile`] in `settings.dir` and to stderr.
 ///
 /// Both write lines like `2026-11-24T15:30:12.345678+08:00 [INFO ] wxmp::server: message` at
 /// `settings.level` and above; stderr gets no colours. Times are local when the local offset can
@@ -542,16 +543,8 @@ pub fn init(settings: &LogSettings) -> Result<(), String> {
     let config = builder.build();
 
     let level = settings.level;
-    CombinedLogger::init(vec![
-        TermLogger::new(
-            level,
-            config.clone(),
-            TerminalMode::Stderr,
-            ColorChoice::Never,
-        ),
-        FileLogger::new(level, config, file),
-    ])
-    .map_err(|_| "another global logger is already installed".to_string())?;
+    CombinedLogger::init(vec![FileLogger::new(level, config, file)])
+        .map_err(|_| "another global logger is already installed".to_string())?;
     *done = true;
     Ok(())
 }
