@@ -554,7 +554,16 @@ fn abandon(app: &App, req: Request, announced: usize) {
     }
 }
 
+/// Handles a request here and now. Parsing, checking and rendering return errors rather than
+/// panic (their property tests and fuzz targets say so); should one panic all the same, the
+/// worker thread survives it: the request is dropped, which makes tiny_http answer it 500.
 fn handle_now(app: &Arc<App>, req: Request) {
+    if catch_unwind(AssertUnwindSafe(|| handle_request(app, req))).is_err() {
+        error!("a request panicked outside the command handler; it was answered 500");
+    }
+}
+
+fn handle_request(app: &Arc<App>, req: Request) {
     let ctx = Ctx {
         start: Instant::now(),
         peer: client_addr(&req),
