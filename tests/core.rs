@@ -423,3 +423,71 @@ fn the_server_log_rotates_by_size_and_keeps_every_line() {
         );
     }
 }
+
+#[test]
+fn wxmp_config_env_picks_the_file() {
+    let dir = temp_dir("envconfig");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(
+        dir.join("sub/other.toml"),
+        format!(
+            "token = \"{TOKEN}\"\nlisten = \"127.0.0.1:0\"\n[reply]\ndefault = \"from other.toml\"\n"
+        ),
+    )
+    .unwrap();
+    let w = Wxmp::start_in(&dir, &["serve"], &[("WXMP_CONFIG", "sub/other.toml")]);
+    assert_text_reply(
+        &w.post_signed(&text("oCfg", "hi")),
+        "oCfg",
+        "from other.toml",
+    );
+    assert!(
+        !dir.join("wxmp.toml").exists(),
+        "no first-run file is written when WXMP_CONFIG names one"
+    );
+}
+
+#[test]
+fn a_single_worker_answers_while_a_slow_command_and_a_stalled_body_wait() {
+    let dir = temp_dir("oneworker");
+    std::fs::write(dir.join("slow.sh"), "#!/bin/sh\nsleep 3\necho done\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("slow.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        dir.join("wxmp.toml"),
+        format!(
+            "token = \"{TOKEN}\"\nlisten = \"127.0.0.1:0\"\nworkers = 1\n\n\
+             [[command]]\nname = \"slow\"\nexec = [\"./slow.sh\"]\n"
+        ),
+    )
+    .unwrap();
+    let w = Wxmp::start_in(&dir, &["serve", "--config", "wxmp.toml"], &[]);
+    let addr = w.addr;
+    let slow = std::thread::spawn(move || {
+        http(
+            addr,
+            "POST",
+            &signed_query("/", TOKEN),
+            &[],
+            text("oSlow", "slow").as_bytes(),
+            std::time::Duration::from_secs(10),
+        )
+    });
+    // A client that announces a 2000-byte body and sends 5 bytes of it.
+    let mut stalled = std::net::TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n<xml>",
+        signed_query("/", TOKEN)
+    );
+    std::io::Write::write_all(&mut stalled, head.as_bytes()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let start = std::time::Instant::now();
+    assert_text_reply(&w.post_signed(&text("oFast", "hi")), "oFast", DEFAULT_REPLY);
+    assert!(
+        start.elapsed() < std::time::Duration::from_millis(500),
+        "took {:?}",
+        start.elapsed()
+    );
+    let slow = slow.join().unwrap();
+    assert_text_reply(&slow, "oSlow", "done");
+}

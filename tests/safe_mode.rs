@@ -175,3 +175,35 @@ fn bad_key_refuses_to_start() {
         );
     }
 }
+
+#[test]
+fn the_environment_alone_turns_safe_mode_on() {
+    let dir = temp_dir("envsafe");
+    std::fs::write(
+        dir.join("wxmp.toml"),
+        format!("token = \"{TOKEN}\"\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    let w = Wxmp::start_in(
+        &dir,
+        &["serve", "--config", "wxmp.toml"],
+        &[
+            ("WXMP_APP_ID", SAMPLE_APP_ID),
+            ("WXMP_ENCODING_AES_KEY", SAMPLE_KEY),
+        ],
+    );
+    let crypt = sample_crypt();
+    let (q, body) = safe_request(&crypt, &text("oEnv", "hi"), false);
+    let r = reply_of(&w, &q, &body);
+    assert_eq!(r.status, 200, "{r:?}");
+    let inner = open_reply(&crypt, &r.body);
+    assert_text_reply(
+        &Resp {
+            status: 200,
+            headers: vec![],
+            body: inner,
+        },
+        "oEnv",
+        DEFAULT_REPLY,
+    );
+}
