@@ -30,7 +30,7 @@ USAGE:
 OPTIONS:
     --config FILE    read token, listen, path and safe-mode keys from FILE (default ./wxmp.toml)
     --url URL        where to send (default http://<listen>/<path> from the config, with
-                     0.0.0.0 as 127.0.0.1); http:// only
+                     0.0.0.0 as 127.0.0.1); https:// URLs go through the system's curl
     --token T        the token to sign with (default: the config's)
     --from OPENID    the sender (default o_wxmp_send_user)
     --to GH_ID       the account's original id (default gh_wxmp_send)
@@ -295,7 +295,7 @@ impl Url {
 /// Why a URL was refused; [`UrlError::Https`] gets its own advice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UrlError {
-    /// An `https://` URL: wxmp send speaks plain HTTP only.
+    /// An `https://` URL: wxmp send's own client speaks plain HTTP; these go through curl.
     Https,
     /// Anything else, with the reason.
     Bad(String),
@@ -524,13 +524,17 @@ pub fn build_request(
     })
 }
 
+/// The user's URL with the request's query (signature, timestamp, ...) added as it is.
+fn url_with_query(url_text: &str, req: &Request) -> String {
+    let query = req.target.split_once('?').map_or("", |(_, q)| q);
+    let sep = if url_text.contains('?') { '&' } else { '?' };
+    format!("{url_text}{sep}{query}")
+}
+
 /// The request written out as a `curl` command, for URLs this client cannot reach (https).
 pub fn curl_command(url_text: &str, req: &Request) -> String {
     let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
-    // The target's query goes onto the user's URL as it is.
-    let query = req.target.split_once('?').map_or("", |(_, q)| q);
-    let sep = if url_text.contains('?') { '&' } else { '?' };
-    let full = format!("{url_text}{sep}{query}");
+    let full = url_with_query(url_text, req);
     if req.method == "GET" {
         format!("curl -sS --max-time 5 {}", q(&full))
     } else {
@@ -540,6 +544,58 @@ pub fn curl_command(url_text: &str, req: &Request) -> String {
             q(&full)
         )
     }
+}
+
+/// Why an https exchange through `curl` did not happen.
+#[derive(Debug)]
+pub enum CurlError {
+    /// No `curl` on `PATH`.
+    Missing,
+    /// curl ran and failed (TLS, DNS, timeout, ...): its message.
+    Failed(String),
+}
+
+/// Sends `req` to an `https://` URL with the system's `curl` (TLS is curl's job: its CA bundle,
+/// `CURL_CA_BUNDLE`, proxies), giving back the status and body for the usual checks.
+pub fn exchange_with_curl(
+    url_text: &str,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Response, CurlError> {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time"])
+        .arg(format!("{:.1}", timeout.as_secs_f64()))
+        .args(["-o", "-", "-w", "\n%{http_code}"]);
+    if req.method == "POST" {
+        // The body is XML ("<..."): --data-binary never takes it for "@file".
+        cmd.args(["-H", "Content-Type: text/xml", "--data-binary"])
+            .arg(&req.body);
+    }
+    cmd.arg(url_with_query(url_text, req))
+        .stdin(std::process::Stdio::null());
+    let out = match cmd.output() {
+        Ok(out) => out,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Err(CurlError::Missing),
+        Err(e) => return Err(CurlError::Failed(format!("cannot run curl: {e}"))),
+    };
+    if !out.status.success() {
+        return Err(CurlError::Failed(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    let mut body = out.stdout;
+    let split = body.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+    let code = String::from_utf8_lossy(&body[split..]).trim().to_string();
+    body.truncate(split);
+    let status = code
+        .parse()
+        .map_err(|_| CurlError::Failed(format!("curl printed no status code ({code:?})")))?;
+    Ok(Response {
+        status,
+        reason: String::new(),
+        headers: Vec::new(),
+        body,
+    })
 }
 
 /// A parsed HTTP response.
@@ -1208,8 +1264,12 @@ pub fn run(args: &[String]) -> u8 {
 fn send(args: &SendArgs) -> Result<Vec<String>, String> {
     let target = resolve(args)?;
     let stamp = Stamp::fresh();
-    let url = match parse_url(&target.url_text) {
-        Ok(url) => url,
+    let (shown, resp) = match parse_url(&target.url_text) {
+        Ok(url) => {
+            let req = build_request(&url, args, &target.token, target.crypt.as_ref(), &stamp)?;
+            let resp = exchange(&url, &req, args.timeout)?;
+            (url.display(), resp)
+        }
         Err(UrlError::Bad(e)) => return Err(e),
         Err(UrlError::Https) => {
             // Sign for the path of the https URL: the query is what matters.
@@ -1219,22 +1279,28 @@ fn send(args: &SendArgs) -> Result<Vec<String>, String> {
                 target: "/".into(),
             };
             let req = build_request(&dummy, args, &target.token, target.crypt.as_ref(), &stamp)?;
-            return Err(format!(
-                "wxmp send speaks plain http:// only, not https://. Point --url at nginx's plain \
-                 HTTP port or at wxmp itself (e.g. http://127.0.0.1:8880/), or check the https \
-                 URL with curl, which should print {}:\n\n    {}\n",
-                if args.what == What::Verify {
-                    format!("the echostr {}", stamp.id)
-                } else {
-                    "the reply XML".to_string()
-                },
-                curl_command(&target.url_text, &req)
-            ));
+            match exchange_with_curl(&target.url_text, &req, args.timeout) {
+                Ok(resp) => (target.url_text.clone(), resp),
+                Err(CurlError::Failed(why)) => {
+                    return Err(format!("curl could not reach {}: {why}", target.url_text))
+                }
+                Err(CurlError::Missing) => {
+                    return Err(format!(
+                        "wxmp send reaches https:// URLs through curl, which is not installed \
+                         (apt-get install curl / yum install curl). Or point --url at nginx's \
+                         plain HTTP port or at wxmp itself (e.g. http://127.0.0.1:8880/), or \
+                         run this yourself; it should print {}:\n\n    {}\n",
+                        if args.what == What::Verify {
+                            format!("the echostr {}", stamp.id)
+                        } else {
+                            "the reply XML".to_string()
+                        },
+                        curl_command(&target.url_text, &req)
+                    ))
+                }
+            }
         }
     };
-    let req = build_request(&url, args, &target.token, target.crypt.as_ref(), &stamp)?;
-    let shown = url.display();
-    let resp = exchange(&url, &req, args.timeout)?;
     if args.what == What::Verify {
         let line = check_verify(&resp, &stamp.id.to_string(), &shown)?;
         return Ok(vec![if args.raw {

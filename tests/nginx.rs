@@ -111,6 +111,46 @@ fn adapt(conf: &str, port: u16, upstream: SocketAddr) -> String {
     out.replace("127.0.0.1:8880", &upstream.to_string())
 }
 
+/// `deploy/nginx.conf` as shipped, TLS included: only the port and the certificate paths
+/// change (and the upstream, as in [`adapt`]).
+fn adapt_tls(conf: &str, port: u16, upstream: SocketAddr, cert: &Path, key: &Path) -> String {
+    let mut out = String::new();
+    for line in conf.lines() {
+        let t = line.trim_start();
+        if t.starts_with("listen ") {
+            out.push_str(&format!("    listen 127.0.0.1:{port} ssl;\n"));
+        } else if t.starts_with("ssl_certificate ") {
+            out.push_str(&format!("    ssl_certificate {};\n", cert.display()));
+        } else if t.starts_with("ssl_certificate_key ") {
+            out.push_str(&format!("    ssl_certificate_key {};\n", key.display()));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.replace("127.0.0.1:8880", &upstream.to_string())
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, made with the openssl command:
+/// `(cert, key)` in `dir`.
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl (apt-get install openssl) to make a test certificate");
+    assert!(out.status.success(), "openssl: {out:?}");
+    (cert, key)
+}
+
 /// A running nginx; stopped with SIGTERM (its workers go with it) when dropped.
 struct Nginx {
     child: Child,
@@ -120,6 +160,11 @@ struct Nginx {
 
 impl Nginx {
     fn start(upstream: SocketAddr) -> Nginx {
+        Nginx::start_with(upstream, None)
+    }
+
+    /// With `tls` = (cert, key): the shipped file with its TLS lines, on a free port.
+    fn start_with(upstream: SocketAddr, tls: Option<(&Path, &Path)>) -> Nginx {
         let bin = nginx_binary();
         let version = Command::new(&bin).arg("-V").output().unwrap_or_else(|e| {
             panic!(
@@ -153,7 +198,10 @@ impl Nginx {
                 pid = dir.join("nginx.pid").display(),
                 log = dir.join("error.log").display(),
                 access = dir.join("access.log").display(),
-                server = adapt(&snippet, port, upstream),
+                server = match tls {
+                    Some((cert, key)) => adapt_tls(&snippet, port, upstream, cert, key),
+                    None => adapt(&snippet, port, upstream),
+                },
             );
             std::fs::write(dir.join("nginx.conf"), &conf).unwrap();
             let mut child = Command::new(&bin)
@@ -424,4 +472,42 @@ fn nginx_cuts_off_a_half_sent_head() {
         took >= Duration::from_secs(9) && took < Duration::from_secs(14),
         "closed after {took:?}"
     );
+}
+
+/// The whole HTTPS path as deployed (deploy/nginx.conf with its TLS lines, a certificate the
+/// client trusts): `wxmp send --verify` and a message against the https:// URL, through curl,
+/// as the README's step 5 and deploy/baota.md tell the owner to check before WeChat's 提交.
+#[test]
+fn wxmp_send_checks_the_https_url_through_nginx_with_tls() {
+    let w = Wxmp::start("");
+    let certs = temp_dir("tls");
+    let (cert, key) = self_signed(&certs);
+    let nginx = Nginx::start_with(w.addr, Some((&cert, &key)));
+    let url = format!("https://127.0.0.1:{}/wx/", nginx.port);
+    let cacert = ("CURL_CA_BUNDLE", cert.to_str().expect("utf-8 path"));
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_wxmp"))
+            .arg("send")
+            .args(["--token", TOKEN, "--url", &url])
+            .args(args)
+            .current_dir(temp_dir("https-send"))
+            .env_remove("WXMP_CONFIG")
+            .env_remove("WXMP_TOKEN")
+            .env(cacert.0, cacert.1)
+            .output()
+            .expect("run wxmp send");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, stdout, stderr) = run(&["--verify"]);
+    assert_eq!(code, 0, "{stdout}{stderr}\n{}", nginx.error_log());
+    assert!(stdout.contains("echoed the echostr"), "{stdout}");
+    let (code, stdout, stderr) = run(&["你好"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(stdout.trim(), DEFAULT_REPLY);
+    let (code, _, stderr) = run(&["--token", "wrongToken99", "--verify"]);
+    assert_eq!(code, 1, "a wrong token must fail: {stderr}");
 }

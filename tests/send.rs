@@ -20,6 +20,10 @@ struct Run {
 
 /// Runs `wxmp send ARGS` in `dir` with no WXMP_* variables, killing it after 20 s.
 fn send_in(dir: &Path, args: &[&str]) -> Run {
+    send_with_env(dir, args, &[])
+}
+
+fn send_with_env(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxmp"));
     cmd.arg("send")
         .args(args)
@@ -32,6 +36,7 @@ fn send_in(dir: &Path, args: &[&str]) -> Run {
             cmd.env_remove(k);
         }
     }
+    cmd.envs(envs.iter().copied());
     let start = Instant::now();
     let mut child = cmd.spawn().expect("start wxmp send");
     let deadline = start + Duration::from_secs(20);
@@ -260,16 +265,22 @@ fn connection_refused_is_a_clear_error() {
 }
 
 #[test]
-fn https_is_refused_with_a_curl_command_to_use_instead() {
-    let r = send(&[
-        "--url",
-        "https://example.com/wx/",
-        "--token",
-        TOKEN,
-        "--verify",
-    ]);
+fn https_without_curl_prints_the_curl_command_to_use_instead() {
+    // A PATH with no curl on it.
+    let empty = temp_dir("no-curl");
+    let r = send_with_env(
+        &temp_dir("send"),
+        &[
+            "--url",
+            "https://example.com/wx/",
+            "--token",
+            TOKEN,
+            "--verify",
+        ],
+        &[("PATH", empty.to_str().expect("utf-8 path"))],
+    );
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("http:// only"), "{r:?}");
+    assert!(r.stderr.contains("curl, which is not installed"), "{r:?}");
     assert!(r.stderr.contains("curl -sS"), "{r:?}");
     assert!(
         r.stderr.contains("https://example.com/wx/?signature="),
