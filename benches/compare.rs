@@ -530,21 +530,13 @@ fn mib(kib: Option<u64>) -> String {
     kib.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0))
 }
 
-/// `YYYY-MM-DD HH:MM UTC` without a date crate (days-to-civil, Howard Hinnant's algorithm).
+/// `YYYY-MM-DD HH:MM UTC`, with the log's own calendar arithmetic (no date crate).
 fn utc_now() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+        .map_or(0, |d| d.as_secs());
+    let (y, m, d) = wxmp::logging::civil_from_days(secs / 86_400);
+    let rem = secs % 86_400;
     format!(
         "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
         rem / 3600,

@@ -399,7 +399,7 @@ fn utc_stamp(secs: u64) -> String {
 
 /// Converts days since 1970-01-01 to a (year, month, day) date (proleptic Gregorian calendar;
 /// H. Hinnant's `civil_from_days`, restricted to dates from 1970 on).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z - era * 146_097;
