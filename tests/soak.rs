@@ -95,6 +95,8 @@ fn news_text(k: u64) -> String {
         "新闻第{k}期\n{}",
         "头条：爬虫抓到的新闻 ".repeat(1 + (k % 7) as usize * 4)
     )
+    .trim_end()
+    .to_string()
 }
 
 fn script(dir: &Path, name: &str, body: &str) {
@@ -297,8 +299,8 @@ impl Shared {
         *c.outcomes.entry(format!("{kind}: FAILED")).or_default() += 1;
         c.failures += 1;
         let at = self.start.elapsed().as_secs_f64();
-        eprintln!("soak failure at {at:.1}s: {kind}: {why}");
         if c.examples.len() < 30 {
+            eprintln!("soak failure at {at:.1}s: {kind}: {why}");
             c.examples.push(format!("{at:.1}s {kind}: {why}"));
         }
     }
