@@ -234,7 +234,7 @@ fn reply_text(resp: &Resp, from: &str) -> Result<String, String> {
     if get("MsgType") != Some("text")
         || get("ToUserName") != Some(from)
         || get("FromUserName") != Some(ACCOUNT)
-        || !created.is_some_and(|t| t.abs_diff(now()) < 120)
+        || created.is_none_or(|t| t.abs_diff(now()) >= 120)
     {
         return Err(format!("not a text reply to {from}: {:?}", resp.body));
     }
