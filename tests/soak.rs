@@ -935,6 +935,29 @@ fn soak() {
     // Thread tolerance: +32: one thread per open connection and per waiting retry, a job
     // thread per slow program, and tiny_http's idle pool, which wxmp re-warms to 64 every 4 s.
     let th_limit = th1 + 32;
+    // Least-squares RSS slope of each half, for the record (not asserted).
+    let slope = |v: &[Sample]| {
+        let n = v.len() as f64;
+        let (mt, mr) = (
+            v.iter().map(|s| s.secs).sum::<f64>() / n,
+            v.iter().map(|s| s.rss_kib as f64).sum::<f64>() / n,
+        );
+        let num: f64 = v
+            .iter()
+            .map(|s| (s.secs - mt) * (s.rss_kib as f64 - mr))
+            .sum();
+        let den: f64 = v.iter().map(|s| (s.secs - mt).powi(2)).sum();
+        if den > 0.0 {
+            num / den
+        } else {
+            0.0
+        }
+    };
+    println!(
+        "RSS slope: first half {:.1} KiB/s, last half {:.1} KiB/s",
+        slope(&first),
+        slope(&last)
+    );
     println!(
         "flatness after {warm:.0} s warm-up: RSS max {rss1} -> {rss2} KiB (limit {rss_limit}), \
          fds max {fd1} -> {fd2} (limit {fd_limit}), threads max {th1} -> {th2} (limit {th_limit})"
