@@ -4,7 +4,8 @@
 //!
 //! Entries live about 30 s (longer than WeChat's ~15 s of retries) and the table holds a bounded
 //! number of them and a bounded number of answer bytes, so memory stays flat under any load: when
-//! it is full the oldest entry goes.
+//! it is full the oldest answered entry goes (a message still being worked on stays, unless every
+//! entry is one).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -159,7 +160,20 @@ impl<T: Clone + Weigh> Dedup<T> {
             return Claim::Repeat(Repeat { slot, attempt });
         }
         while inner.entries.len() >= self.capacity || self.bytes() > self.budget {
-            match inner.order.pop_front() {
+            // The oldest settled entry goes. A message whose first try is still working (a slow
+            // command, whose retries come 5 and 10 s later) is kept unless every entry is, so
+            // that a busy table never makes its retry run the command again.
+            let victim = inner
+                .order
+                .iter()
+                .position(|(created, key)| {
+                    inner
+                        .entries
+                        .get(key)
+                        .is_none_or(|s| s.created != *created || !s.is_pending())
+                })
+                .unwrap_or(0);
+            match inner.order.remove(victim) {
                 Some((created, old)) => Self::remove(&mut inner, &old, created),
                 None => break,
             }
@@ -209,6 +223,12 @@ impl<T: Clone + Weigh> Dedup<T> {
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl<T> Slot<T> {
+    fn is_pending(&self) -> bool {
+        matches!(&*lock(&self.state), State::Pending { .. })
     }
 }
 
@@ -356,6 +376,37 @@ mod tests {
         drop(t);
         assert_eq!(r.wait(Duration::from_secs(5)), None);
         assert!(r.is_settled());
+    }
+
+    #[test]
+    fn a_full_table_evicts_answers_before_work_in_progress() {
+        let d: Dedup<u32> = Dedup::new(Duration::from_secs(30), 3);
+        let Claim::First(slow) = d.claim("slow") else {
+            panic!()
+        };
+        for i in 0..10 {
+            if let Claim::First(t) = d.claim(&i.to_string()) {
+                t.complete(i);
+            }
+        }
+        assert_eq!(d.len(), 3);
+        let Claim::Repeat(r) = d.claim("slow") else {
+            panic!("a retry of the message still being worked on must find it")
+        };
+        assert_eq!(r.attempt, 2);
+        assert!(matches!(d.claim("9"), Claim::Repeat(_)));
+        assert!(
+            matches!(d.claim("7"), Claim::First(_)),
+            "answers went first"
+        );
+        slow.complete(99);
+        assert_eq!(r.wait(Duration::ZERO), Some(99));
+        // When every entry is still being worked on, the oldest goes: the table stays bounded.
+        let d: Dedup<u32> = Dedup::new(Duration::from_secs(30), 2);
+        let (_a, _b, _c) = (d.claim("a"), d.claim("b"), d.claim("c"));
+        assert_eq!(d.len(), 2);
+        assert!(matches!(d.claim("b"), Claim::Repeat(_)));
+        assert!(matches!(d.claim("a"), Claim::First(_)));
     }
 
     #[test]

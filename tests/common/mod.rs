@@ -122,6 +122,11 @@ impl Wxmp {
         }
     }
 
+    /// The process id (for /proc/PID readings).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// Everything wxmp wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
