@@ -213,7 +213,10 @@ fn xml_chars(s: &str) -> std::borrow::Cow<'_, str> {
     if s.chars().all(is_xml_char) {
         s.into()
     } else {
-        s.chars().filter(|&c| is_xml_char(c)).collect::<String>().into()
+        s.chars()
+            .filter(|&c| is_xml_char(c))
+            .collect::<String>()
+            .into()
     }
 }
 

@@ -91,7 +91,7 @@ fn parse_xml(xml: &str) -> Result<roxmltree::Document<'_>, TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// The text contract of `Reply::Text`, as WeChat would show it.
     #[test]

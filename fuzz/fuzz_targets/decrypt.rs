@@ -38,7 +38,9 @@ fn aes_key() -> [u8; 32] {
         &base64::alphabet::STANDARD,
         GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
     );
-    let bytes = engine.decode(format!("{KEY}=")).expect("sample key decodes");
+    let bytes = engine
+        .decode(format!("{KEY}="))
+        .expect("sample key decodes");
     bytes.try_into().expect("sample key is 32 bytes")
 }
 
@@ -110,7 +112,11 @@ fuzz_target!(|data: &[u8]| {
             opened(m.verify_and_decrypt(sig, ts, nonce, encrypt));
             let good = wxmp::signature::sign(&[TOKEN, ts, nonce, encrypt]);
             let r = m.verify_and_decrypt(&good, ts, nonce, encrypt);
-            assert_ne!(r, Err(CryptoError::Signature), "the correct signature is refused");
+            assert_ne!(
+                r,
+                Err(CryptoError::Signature),
+                "the correct signature is refused"
+            );
             opened(r);
         }
     }
