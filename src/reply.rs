@@ -190,27 +190,33 @@ fn element(x: &mut String, name: &str, children: &[(&str, &String)]) {
     let _ = write!(x, "</{name}>");
 }
 
-/// Appends `text` as a CDATA section: `]]>` is split across two sections and characters that
-/// XML 1.0 does not allow (most control characters, lone surrogates cannot occur in `str`) are
-/// dropped, so the output is always well formed.
+/// Appends `text` as a CDATA section: characters that XML 1.0 does not allow (most control
+/// characters, U+FFFE, U+FFFF; lone surrogates cannot occur in `str`) are dropped, then `]]>`
+/// is split across two sections, so the output is always well formed. (Dropping first matters:
+/// `]]\u{0}>` becomes `]]>` once the NUL is gone.)
 pub fn push_cdata(out: &mut String, text: &str) {
+    let text = xml_chars(text);
     out.push_str("<![CDATA[");
-    let mut rest = text;
+    let mut rest = &*text;
     while let Some(i) = rest.find("]]>") {
-        push_xml_chars(out, &rest[..i]);
+        out.push_str(&rest[..i]);
         // End the section after "]]" and start a new one before ">".
         out.push_str("]]]]><![CDATA[>");
         rest = &rest[i + 3..];
     }
-    push_xml_chars(out, rest);
+    out.push_str(rest);
     out.push_str("]]>");
 }
 
-fn push_xml_chars(out: &mut String, s: &str) {
+/// `s` without the characters XML 1.0 does not allow (borrowed when there are none).
+fn xml_chars(s: &str) -> std::borrow::Cow<'_, str> {
     if s.chars().all(is_xml_char) {
-        out.push_str(s);
+        s.into()
     } else {
-        out.extend(s.chars().filter(|&c| is_xml_char(c)));
+        s.chars()
+            .filter(|&c| is_xml_char(c))
+            .collect::<String>()
+            .into()
     }
 }
 
@@ -241,6 +247,16 @@ mod tests {
         let mut s = String::new();
         push_cdata(&mut s, "a]]>b]]>");
         assert_eq!(s, "<![CDATA[a]]]]><![CDATA[>b]]]]><![CDATA[>]]>");
+    }
+
+    #[test]
+    fn cdata_drops_forbidden_chars_before_splitting() {
+        // Found by tests/props.rs: dropping the NUL (or U+FFFE) must not leave a bare `]]>`.
+        for text in ["]]\u{0}>", "]]\u{fffe}\u{ffff}>", "]\u{1b}]\u{1}>"] {
+            let mut s = String::new();
+            push_cdata(&mut s, text);
+            assert_eq!(s, "<![CDATA[]]]]><![CDATA[>]]>", "{text:?}");
+        }
     }
 
     #[test]

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Fuzz smoke run for CI: each cargo-fuzz target for a few seconds from the committed seeds.
+# Fails (non-zero exit) when a target crashes, panics, hangs or runs out of memory; the input is
+# left in fuzz/artifacts/<target>/ (reproduce: cargo +nightly fuzz run <target> <that file>).
+# Long runs and their results: docs/fuzzing.md.
+#
+# Usage: fuzz/smoke.sh [SECONDS_PER_TARGET]   (default 15; three targets)
+set -euo pipefail
+cd "$(dirname "$0")"
+secs="${1:-15}"
+targets=(message_parse decrypt config_load)
+
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  echo "fuzz/smoke.sh: installing the nightly toolchain (cargo-fuzz needs it)" >&2
+  rustup toolchain install nightly --profile minimal
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "fuzz/smoke.sh: installing cargo-fuzz (about a minute)" >&2
+  cargo install cargo-fuzz --locked
+fi
+
+# All targets at once (release, debug assertions on; about 2 minutes from clean on 2 cores).
+cargo +nightly fuzz build
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+for t in "${targets[@]}"; do
+  mkdir -p "$work/$t"
+  echo "fuzz/smoke.sh: $t for ${secs}s"
+  # New inputs go to the scratch folder; the committed seeds in corpus/$t are only read.
+  if ! cargo +nightly fuzz run "$t" "$work/$t" "corpus/$t" -- \
+    -max_total_time="$secs" -timeout=10 -print_final_stats=1 >"$work/$t.log" 2>&1; then
+    tail -n 60 "$work/$t.log" >&2
+    echo "fuzz/smoke.sh: $t FAILED; the input is in fuzz/artifacts/$t/" >&2
+    exit 1
+  fi
+  grep -E '^stat::number_of_executed_units' "$work/$t.log" | sed "s/^/  $t /"
+done
+echo "fuzz/smoke.sh: all targets ran without a crash"
