@@ -507,6 +507,8 @@ fn handle(app: &Arc<App>, req: Request) {
     }
     app.detached.fetch_add(1, Ordering::SeqCst);
     let app2 = Arc::clone(app);
+    // The request goes to the thread through a channel, not the closure: if the thread cannot
+    // be started, the closure is dropped, and the request with it would be answered 500.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Request>(1);
     let spawned = thread::Builder::new()
         .name("wxmp-body".into())

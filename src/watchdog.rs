@@ -10,22 +10,28 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Raises the soft open-file limit to the hard limit, so that a burst of connections meets the
-/// largest limit the system allows. Returns `(before, after)`.
-#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux x86_64, not everywhere
-pub fn raise_fd_limit() -> Result<(u64, u64), String> {
+/// The process's open-file limits (`RLIMIT_NOFILE`).
+fn nofile() -> Result<libc::rlimit, String> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    // SAFETY: getrlimit only writes the struct we pass.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(format!("getrlimit: {}", std::io::Error::last_os_error()));
     }
+    Ok(lim)
+}
+
+/// Raises the soft open-file limit to the hard limit, so that a burst of connections meets the
+/// largest limit the system allows. Returns `(before, after)`.
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux x86_64, not everywhere
+pub fn raise_fd_limit() -> Result<(u64, u64), String> {
+    let mut lim = nofile()?;
     let before = lim.rlim_cur as u64;
     if lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;
-        // SAFETY: as above.
+        // SAFETY: setrlimit only reads the struct we pass.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
             return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
         }
@@ -36,15 +42,7 @@ pub fn raise_fd_limit() -> Result<(u64, u64), String> {
 /// The soft open-file limit, if it can be read.
 #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux x86_64, not everywhere
 pub fn fd_limit() -> Option<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return None;
-    }
-    Some(lim.rlim_cur as u64)
+    nofile().ok().map(|lim| lim.rlim_cur as u64)
 }
 
 /// The address to probe a server listening on `listen`: a wildcard address becomes loopback.
