@@ -156,12 +156,10 @@ fn official_sample_decrypts_through_the_library() {
 
 #[test]
 fn bad_key_refuses_to_start() {
-    let dir = temp_dir("badkey");
-    std::fs::write(
-        dir.join("wxmp.toml"),
-        format!("token = \"{TOKEN}\"\nlisten = \"127.0.0.1:0\"\napp_id = \"wx1\"\nencoding_aes_key = \"tooShort\"\n"),
-    )
-    .unwrap();
+    let dir = config_dir(
+        "badkey",
+        "app_id = \"wx1\"\nencoding_aes_key = \"tooShort\"",
+    );
     for cmd in ["check", "serve"] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
             .args([cmd, "--config", "wxmp.toml"])
@@ -178,12 +176,7 @@ fn bad_key_refuses_to_start() {
 
 #[test]
 fn the_environment_alone_turns_safe_mode_on() {
-    let dir = temp_dir("envsafe");
-    std::fs::write(
-        dir.join("wxmp.toml"),
-        format!("token = \"{TOKEN}\"\nlisten = \"127.0.0.1:0\"\n"),
-    )
-    .unwrap();
+    let dir = config_dir("envsafe", "");
     let w = Wxmp::start_in(
         &dir,
         &["serve", "--config", "wxmp.toml"],

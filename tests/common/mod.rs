@@ -31,6 +31,15 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// A fresh folder holding a `wxmp.toml` with the test token, a loopback port chosen by the OS,
+/// and `extra` lines.
+pub fn config_dir(tag: &str, extra: &str) -> PathBuf {
+    let dir = temp_dir(tag);
+    let config = format!("token = \"{TOKEN}\"\nlisten = \"127.0.0.1:0\"\n{extra}\n");
+    std::fs::write(dir.join("wxmp.toml"), config).expect("write config");
+    dir
+}
+
 /// A running wxmp process.
 pub struct Wxmp {
     child: Option<Child>,
@@ -63,9 +72,7 @@ impl Wxmp {
     /// Starts wxmp with `extra` appended to a config that sets the test token, a loopback port
     /// chosen by the OS and a log folder in a fresh directory.
     pub fn start(extra: &str) -> Wxmp {
-        let dir = temp_dir("wxmp");
-        let config = format!("token = \"{TOKEN}\"\nlisten = \"127.0.0.1:0\"\n{extra}\n");
-        std::fs::write(dir.join("wxmp.toml"), config).expect("write config");
+        let dir = config_dir("wxmp", extra);
         Wxmp::start_in(&dir, &["serve", "--config", "wxmp.toml"], &[])
     }
 
