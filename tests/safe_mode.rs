@@ -7,6 +7,17 @@ fn reply_of(w: &Wxmp, query: &str, body: &str) -> Resp {
     w.request("POST", query, &[], body.as_bytes())
 }
 
+/// Decrypts the encrypted reply `r` and checks it is a text reply `content` to `from`.
+fn assert_sealed_text_reply(crypt: &wxmp::crypto::MsgCrypt, r: &Resp, from: &str, content: &str) {
+    let inner = open_reply(crypt, &r.body);
+    let resp = Resp {
+        status: r.status,
+        headers: vec![],
+        body: inner,
+    };
+    assert_text_reply(&resp, from, content);
+}
+
 #[test]
 fn safe_mode_message_gets_an_encrypted_signed_reply() {
     let w = Wxmp::start(&safe_mode_config());
@@ -20,13 +31,7 @@ fn safe_mode_message_gets_an_encrypted_signed_reply() {
         "the reply must be encrypted: {}",
         r.body
     );
-    let inner = open_reply(&crypt, &r.body);
-    let resp = Resp {
-        status: 200,
-        headers: vec![],
-        body: inner,
-    };
-    assert_text_reply(&resp, "oSafe", DEFAULT_REPLY);
+    assert_sealed_text_reply(&crypt, &r, "oSafe", DEFAULT_REPLY);
     assert!(w.wait_for_log("oSafe text"));
 }
 
@@ -37,16 +42,7 @@ fn compatible_mode_is_answered_encrypted() {
     let (q, body) = safe_request(&crypt, &text("oCompat", "hi"), true);
     assert!(body.contains("oCompat") && body.contains("<Encrypt>"));
     let r = reply_of(&w, &q, &body);
-    let inner = open_reply(&crypt, &r.body);
-    assert_text_reply(
-        &Resp {
-            status: 200,
-            headers: vec![],
-            body: inner,
-        },
-        "oCompat",
-        DEFAULT_REPLY,
-    );
+    assert_sealed_text_reply(&crypt, &r, "oCompat", DEFAULT_REPLY);
 }
 
 #[test]
@@ -189,14 +185,5 @@ fn the_environment_alone_turns_safe_mode_on() {
     let (q, body) = safe_request(&crypt, &text("oEnv", "hi"), false);
     let r = reply_of(&w, &q, &body);
     assert_eq!(r.status, 200, "{r:?}");
-    let inner = open_reply(&crypt, &r.body);
-    assert_text_reply(
-        &Resp {
-            status: 200,
-            headers: vec![],
-            body: inner,
-        },
-        "oEnv",
-        DEFAULT_REPLY,
-    );
+    assert_sealed_text_reply(&crypt, &r, "oEnv", DEFAULT_REPLY);
 }
