@@ -3,6 +3,9 @@
 mod common;
 use common::*;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
 fn reply_of(w: &Wxmp, query: &str, body: &str) -> Resp {
     w.request("POST", query, &[], body.as_bytes())
 }
@@ -97,9 +100,16 @@ fn tampered_or_truncated_ciphertext_is_refused() {
     let w = Wxmp::start(&safe_mode_config());
     let crypt = sample_crypt();
     let encrypt = crypt.encrypt(&text("oA", "hi")).unwrap();
+    // Flip a bit of the last ciphertext byte: that garbles the whole last plaintext block, which
+    // holds the AppID's end and the padding. (Swapping the last base64 character for a fixed one
+    // was no tamper at all whenever the ciphertext already ended in that character.)
+    let mut raw = STANDARD.decode(&encrypt).unwrap();
+    *raw.last_mut().unwrap() ^= 0x01;
+    let tampered = STANDARD.encode(&raw);
+    assert_ne!(tampered, encrypt);
     for bad in [
-        format!("{}A", &encrypt[..encrypt.len() - 1]), // tampered last block
-        encrypt[..encrypt.len() / 2].to_string(),      // truncated
+        tampered,                                 // tampered last block
+        encrypt[..encrypt.len() / 2].to_string(), // truncated
         "!!!not base64!!!".to_string(),
         String::new(),
     ] {
