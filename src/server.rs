@@ -17,6 +17,7 @@ use crate::reply::Reply;
 use crate::router::{Handler, Route};
 use crate::signature;
 use log::{error, info, warn};
+use std::borrow::Cow;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -393,19 +394,27 @@ pub fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The query string's parameters, decoded.
-pub struct Query(Vec<(String, String)>);
+/// The query string's parameters, decoded (borrowed from the URL when nothing needs decoding,
+/// as WeChat's own parameters never do).
+pub struct Query<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
 
-impl Query {
+impl<'a> Query<'a> {
     /// Parses the part of a URL after `?`.
-    pub fn parse(query: &str) -> Query {
+    pub fn parse(query: &'a str) -> Query<'a> {
+        let decode = |s: &'a str| {
+            if s.contains(['%', '+']) {
+                Cow::Owned(percent_decode(s))
+            } else {
+                Cow::Borrowed(s)
+            }
+        };
         Query(
             query
                 .split('&')
                 .filter(|p| !p.is_empty())
                 .map(|p| {
                     let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                    (percent_decode(k), percent_decode(v))
+                    (decode(k), decode(v))
                 })
                 .collect(),
         )
@@ -416,7 +425,7 @@ impl Query {
         self.0
             .iter()
             .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 }
 
@@ -801,8 +810,9 @@ fn first_try(app: &Arc<App>, req: Request, msg: Message, ticket: Ticket<Answer>,
             let reply = app.pending.attach(&msg.from_user, reply);
             let answer = render(&reply, &msg, ctx.seal.as_deref());
             ticket.complete(answer.clone());
-            log_answer(&msg, &answer, &ctx, "");
+            // Answer first: the log line's system calls need not delay WeChat.
             respond_answer(req, &answer);
+            log_answer(&msg, &answer, &ctx, "");
         }
         Route::Later(job) => {
             // The job completes the ticket; the request itself waits like a retry would.
@@ -896,8 +906,8 @@ fn give_up(
 
 fn answer_repeat(req: Request, msg: &Message, answer: Option<Answer>, ctx: &Ctx, note: &str) {
     let answer = answer.unwrap_or_else(|| render(&Reply::Success, msg, None));
-    log_answer(msg, &answer, ctx, note);
     respond_answer(req, &answer);
+    log_answer(msg, &answer, ctx, note);
 }
 
 #[cfg(test)]
