@@ -40,6 +40,12 @@ impl Weigh for String {
     }
 }
 
+impl Weigh for Arc<str> {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
 /// The table of recent messages, keyed by [`crate::message::Message::dedup_key`].
 pub struct Dedup<T> {
     inner: Mutex<Inner<T>>,

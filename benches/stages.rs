@@ -1,0 +1,286 @@
+//! What wxmp's own code costs per message, stage by stage, without HTTP: the in-process half of
+//! "where the time goes" (docs/benchmarks.md). `cargo bench --bench compare` measures the whole
+//! server against the bare tiny_http floor; this bench says how much of the difference is
+//! wxmp's own work (parsing, signing, the retry table, routing, the reply, the log line's
+//! formatting) and how much is left for the kernel, tiny_http and the allocator under load.
+//!
+//! ```text
+//! cargo bench --bench stages                # ~10 s: every stage, 1 s each after a warm-up
+//! cargo bench --bench stages -- --secs 3    # longer, steadier
+//! ```
+//!
+//! Each stage runs alone on one thread in a tight loop over fresh messages (a new `MsgId` each
+//! time, as the load generator sends), and reports nanoseconds per message, the median of five
+//! slices. Run with no arguments at all (as `cargo test --benches` does) it prints its usage
+//! and exits 0.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use wxmp::config::Config;
+use wxmp::crypto::MsgCrypt;
+use wxmp::dedup::{Claim, Dedup};
+use wxmp::router::{Handler, Route, Router};
+use wxmp::server::Query;
+
+const TOKEN: &str = "benchToken2024";
+const APP_ID: &str = "wxbench0123456789";
+const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+/// The same configuration as the `compare` bench's wxmp rows (the `file` command's file is
+/// never read here: the messages do not ask for it).
+const CONFIG: &str =
+    "token = \"benchToken2024\"\n\n[reply]\ndefault = \"收到，发送 help 查看指令\"\n\n\
+    [[command]]\nname = \"news\"\nfile = \"news.txt\"\n\n\
+    [[command]]\nprefix = \"echo\"\nexec = [\"/bin/echo\", \"echoed\", \"{args}\"]\n";
+
+fn text_message(n: u64) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[gh_bench]]></ToUserName>\
+         <FromUserName><![CDATA[oBENCH{}]]></FromUserName><CreateTime>1700000000</CreateTime>\
+         <MsgType><![CDATA[text]]></MsgType><Content><![CDATA[hello wxmp {n}]]></Content>\
+         <MsgId>{}</MsgId></xml>",
+        n % 32,
+        1_000_000_000_000 + n
+    )
+}
+
+/// Runs `f(i)` for `secs` seconds in five slices; the median slice's ns per call.
+fn measure(secs: f64, mut f: impl FnMut(u64)) -> f64 {
+    let mut i = 0u64;
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_millis(200) {
+        f(i);
+        i += 1;
+    }
+    let slice = Duration::from_secs_f64(secs / 5.0);
+    let mut per_call: Vec<f64> = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed() < slice {
+                for _ in 0..64 {
+                    f(i);
+                    i += 1;
+                }
+                n += 64;
+            }
+            start.elapsed().as_nanos() as f64 / n as f64
+        })
+        .collect();
+    per_call.sort_by(f64::total_cmp);
+    per_call[2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if args.is_empty() && std::env::args().all(|a| a != "--bench") {
+        println!("usage: cargo bench --bench stages [-- --secs 1]");
+        return;
+    }
+    let secs: f64 = match args.iter().position(|a| a == "--secs") {
+        None => 1.0,
+        Some(i) => match args.get(i + 1).and_then(|s| s.parse().ok()) {
+            Some(s) if s > 0.0 => s,
+            _ => {
+                eprintln!("--secs needs a positive number");
+                std::process::exit(2);
+            }
+        },
+    };
+    let config = match Config::from_toml(CONFIG) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("the bench's config does not load: {e}");
+            std::process::exit(1);
+        }
+    };
+    let router = match Router::from_config(&config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("the bench's commands do not load: {e:?}");
+            std::process::exit(1);
+        }
+    };
+    let crypt = match MsgCrypt::new(TOKEN, AES_KEY, APP_ID) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("the bench's AES key: {e}");
+            std::process::exit(1);
+        }
+    };
+    let (ts, nonce) = ("1700000000", "123456789");
+    let signature = wxmp::signature::sign(&[TOKEN, ts, nonce]);
+    let url = format!(
+        "signature={signature}&timestamp={ts}&nonce={nonce}&openid=oBENCH1&encrypt_type=aes&msg_signature=0"
+    );
+    let bodies: Vec<String> = (0..1024).map(text_message).collect();
+    let body = |i: u64| &bodies[(i % 1024) as usize];
+    let parsed: Vec<_> = bodies
+        .iter()
+        .map(|b| wxmp::message::parse(b).expect("the bench's own message parses"))
+        .collect();
+    let msg = |i: u64| &parsed[(i % 1024) as usize];
+    let reply = match router.route(msg(0)) {
+        Route::Now(r) => r,
+        Route::Later(_) => unreachable!("a plain text message is answered at once"),
+    };
+    let xml = reply.render("oBENCH1", "gh_bench", 1_700_000_000);
+    let sealed: Vec<String> = bodies
+        .iter()
+        .take(64)
+        .map(|b| crypt.encrypt(b).expect("encrypts"))
+        .collect();
+    let sealed_sigs: Vec<String> = sealed
+        .iter()
+        .map(|e| wxmp::signature::sign(&[TOKEN, ts, nonce, e]))
+        .collect();
+    let dedup: Dedup<std::sync::Arc<str>> =
+        Dedup::new(wxmp::dedup::DEFAULT_TTL, wxmp::dedup::DEFAULT_CAPACITY);
+    let answer: std::sync::Arc<str> = xml.as_str().into();
+
+    let mut rows: Vec<(&str, f64)> = Vec::new();
+    let mut row = |name, ns| {
+        println!("{name:<46} {ns:>8.0} ns");
+        rows.push((name, ns));
+    };
+    println!(
+        "wxmp stages, one thread, median of 5 slices of {:.1} s each",
+        secs / 5.0
+    );
+    row(
+        "query string parsed",
+        measure(secs, |_| {
+            black_box(Query::parse(black_box(&url)));
+        }),
+    );
+    row(
+        "signature checked (SHA-1, constant time)",
+        measure(secs, |_| {
+            black_box(wxmp::signature::verify(
+                TOKEN,
+                ts,
+                nonce,
+                black_box(&signature),
+            ));
+        }),
+    );
+    row(
+        "message parsed (roxmltree + fields)",
+        measure(secs, |i| {
+            black_box(wxmp::message::parse(body(i)).ok());
+        }),
+    );
+    row(
+        "retry table: claim + complete",
+        measure(secs, |i| {
+            // The key as Message::dedup_key builds it, with a MsgId never seen before.
+            let key = format!("id|{}|{}", msg(i).from_user, 2_000_000_000_000 + i);
+            if let Claim::First(ticket) = dedup.claim(&key) {
+                ticket.complete(std::sync::Arc::clone(&answer));
+            }
+        }),
+    );
+    row(
+        "routed (command table, default reply)",
+        measure(secs, |i| {
+            black_box(router.route(msg(i)));
+        }),
+    );
+    row(
+        "reply XML written",
+        measure(secs, |i| {
+            black_box(reply.render(&msg(i).from_user, &msg(i).to_user, 1_700_000_000));
+        }),
+    );
+    row(
+        "log line formatted (not written)",
+        measure(secs, |i| {
+            let m = msg(i);
+            black_box(format!(
+                "{} {} {}{} \"{}\" -> {} {}ms",
+                "203.0.113.7",
+                m.from_user,
+                m.msg_type,
+                m.event_name().map(|e| format!("/{e}")).unwrap_or_default(),
+                m.summary(),
+                reply.kind(),
+                0
+            ));
+        }),
+    );
+    let plain: f64 = rows.iter().map(|(_, ns)| ns).sum();
+    let logged = measure_log_line(secs, msg(0));
+
+    println!("{:<46} {plain:>8.0} ns", "plain message, all stages above");
+    match logged {
+        Ok(ns) => println!(
+            "{:<46} {ns:>8.0} ns",
+            "log line formatted and written (file + stderr)"
+        ),
+        Err(e) => println!("log line written: not measured ({e})"),
+    }
+    let open = measure(secs, |i| {
+        let k = (i % 64) as usize;
+        black_box(
+            crypt
+                .verify_and_decrypt(&sealed_sigs[k], ts, nonce, &sealed[k])
+                .ok(),
+        );
+    });
+    println!(
+        "{:<46} {open:>8.0} ns",
+        "safe mode: request checked and decrypted"
+    );
+    let seal = measure(secs, |_| {
+        black_box(crypt.encrypt_reply(&xml, 1_700_000_000, nonce).ok());
+    });
+    println!(
+        "{:<46} {seal:>8.0} ns",
+        "safe mode: reply encrypted and signed"
+    );
+}
+
+/// The real per-message log line: wxmp's logger (simplelog's format, the rotating file and
+/// stderr) into a temp folder, with stderr pointed at /dev/null while it runs. One thread, so
+/// every line is its own batch: two `write` calls, as on a quiet server.
+fn measure_log_line(secs: f64, m: &wxmp::message::Message) -> Result<f64, String> {
+    let dir = std::env::temp_dir().join(format!("wxmp-stages-{}", std::process::id()));
+    let settings = wxmp::logging::LogSettings {
+        dir: dir.clone(),
+        ..wxmp::logging::LogSettings::default()
+    };
+    wxmp::logging::init(&settings)?;
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("/dev/null: {e}"))?;
+    // SAFETY: plain fd juggling on this process's own stderr, restored below.
+    let saved = unsafe { libc::dup(2) };
+    if saved < 0 || unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 2) } < 0 {
+        return Err("cannot point stderr at /dev/null".into());
+    }
+    let ns = measure(secs, |_| {
+        log::info!(
+            "{} {} {}{} \"{}\" -> {} {}ms",
+            "203.0.113.7",
+            m.from_user,
+            m.msg_type,
+            m.event_name().map(|e| format!("/{e}")).unwrap_or_default(),
+            m.summary(),
+            "text",
+            0
+        );
+    });
+    wxmp::logging::flush();
+    // SAFETY: restores the saved stderr descriptor.
+    unsafe {
+        libc::dup2(saved, 2);
+        libc::close(saved);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(ns)
+}
