@@ -4,11 +4,11 @@
 # left in fuzz/artifacts/<target>/ (reproduce: cargo +nightly fuzz run <target> <that file>).
 # Long runs and their results: docs/fuzzing.md.
 #
-# Usage: fuzz/smoke.sh [SECONDS_PER_TARGET]   (default 15; three targets)
+# Usage: fuzz/smoke.sh [SECONDS_PER_TARGET]   (default 15; four targets)
 set -euo pipefail
 cd "$(dirname "$0")"
 secs="${1:-15}"
-targets=(message_parse decrypt config_load)
+targets=(message_parse decrypt config_load query_parse)
 
 if ! cargo +nightly --version >/dev/null 2>&1; then
   echo "fuzz/smoke.sh: installing the nightly toolchain (cargo-fuzz needs it)" >&2
