@@ -8,9 +8,12 @@
 //! fresh file. Rotated files whose modification time is more than `keep_days` days old are
 //! deleted when the file is opened and after every rotation.
 //!
-//! [`init`] installs the global logger. Its file half formats each record completely (with
-//! simplelog's formatting) before handing it to the [`RotatingFile`] in a single call, so even a
-//! message that spans several lines is never split across two files.
+//! [`init`] installs the global logger. It formats each record completely (with simplelog's
+//! formatting) and hands whole records to the [`RotatingFile`], so even a message that spans
+//! several lines is never split across two files; the same bytes go to stderr. Records are
+//! written by group commit: whoever logs while nobody is writing writes at once, and records
+//! logged meanwhile go out together in the next batch (one `write` per sink for many messages
+//! under load, with at most [`MAX_QUEUED_BYTES`] waiting before loggers are held back).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -471,6 +474,9 @@ impl Write for RecordBuf {
     }
 }
 
+/// Bytes queued at most while a batch is being written; past it, loggers wait.
+const MAX_QUEUED_BYTES: usize = 256 << 10;
+
 /// Bytes of batch buffer kept between batches (a burst's bigger buffer is given back).
 const KEEP_BATCH_BYTES: usize = 16 << 10;
 
@@ -483,6 +489,8 @@ struct Queue {
     ends: Vec<usize>,
     /// A thread is writing a batch: it will take what is queued before it returns.
     writing: bool,
+    /// Threads waiting on `written` (so that the writer signals only when someone listens).
+    waiting: usize,
 }
 
 /// The global logger: formats a whole record with simplelog, then writes it to the
@@ -504,7 +512,8 @@ struct FileLogger {
     format: Box<WriteLogger<RecordBuf>>,
     buf: RecordBuf,
     queue: Mutex<Queue>,
-    /// Signalled when a writer finishes (for `flush`).
+    /// Signalled when the writer takes a batch (the queue has room) and when it finishes
+    /// (for `flush`).
     written: Condvar,
     sinks: Mutex<Sinks>,
 }
@@ -535,14 +544,28 @@ impl FileLogger {
         })
     }
 
+    /// Waits until the writer takes a batch or finishes.
+    fn wait_for_writer<'a>(&self, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+        queue.waiting += 1;
+        let mut queue = self
+            .written
+            .wait(queue)
+            .unwrap_or_else(PoisonError::into_inner);
+        queue.waiting -= 1;
+        queue
+    }
+
     /// Writes queued batches until the queue is empty; the caller has set `writing`.
     fn write_queued<'a>(&'a self, mut queue: MutexGuard<'a, Queue>) {
         // Should a write panic, the guard still hands the writer's role back.
         struct Release<'a>(&'a FileLogger);
         impl Drop for Release<'_> {
             fn drop(&mut self) {
-                lock(&self.0.queue).writing = false;
-                self.0.written.notify_all();
+                let mut queue = lock(&self.0.queue);
+                queue.writing = false;
+                if queue.waiting > 0 {
+                    self.0.written.notify_all();
+                }
             }
         }
         let release = Release(self);
@@ -551,6 +574,10 @@ impl FileLogger {
             // Swap the buffers so that neither side allocates once both have grown.
             std::mem::swap(&mut queue.bytes, &mut bytes);
             std::mem::swap(&mut queue.ends, &mut ends);
+            // The queue has room again: wake anyone waiting for it.
+            if queue.waiting > 0 {
+                self.written.notify_all();
+            }
             drop(queue);
             let mut sinks = lock(&self.sinks);
             let _ = sinks.file.write_records(&bytes, &ends);
@@ -581,6 +608,13 @@ impl Log for FileLogger {
         }
         let mut queue = {
             let _formatting = lock(&self.formatting);
+            // Backpressure: when the sinks are slower than the loggers (a stalled journald, a
+            // full disk), wait for the writer rather than queue without bound.
+            let mut queue = lock(&self.queue);
+            while queue.writing && queue.bytes.len() >= MAX_QUEUED_BYTES {
+                queue = self.wait_for_writer(queue);
+            }
+            drop(queue);
             self.format.log(record);
             let mut formatted = lock(&self.buf.0);
             if formatted.is_empty() {
@@ -603,10 +637,7 @@ impl Log for FileLogger {
     fn flush(&self) {
         let mut queue = lock(&self.queue);
         while queue.writing {
-            queue = self
-                .written
-                .wait(queue)
-                .unwrap_or_else(PoisonError::into_inner);
+            queue = self.wait_for_writer(queue);
         }
         drop(queue);
         let mut sinks = lock(&self.sinks);
@@ -962,6 +993,95 @@ mod tests {
             all.into_bytes(),
             "stderr differs from the files"
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A stderr that blocks (a stalled journald) must hold the loggers back once
+    /// [`MAX_QUEUED_BYTES`] are queued, not let the queue grow without bound; once it moves
+    /// again every record is written.
+    #[test]
+    fn a_stalled_sink_holds_loggers_back_and_loses_nothing() {
+        /// A Write that blocks until the gate opens.
+        struct Gate(Arc<(Mutex<bool>, Condvar)>, RecordBuf);
+        impl Write for Gate {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                let (open, cv) = &*self.0;
+                let mut open = lock(open);
+                while !*open {
+                    open = cv.wait(open).unwrap();
+                }
+                self.1.write(buf)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let dir = temp_dir("stalled");
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let echo = RecordBuf::default();
+        let config = ConfigBuilder::new()
+            .set_time_level(LevelFilter::Off)
+            .set_target_level(LevelFilter::Off)
+            .build();
+        let file = RotatingFile::open(&dir, 1 << 30, 10).unwrap();
+        let logger: Arc<FileLogger> = Arc::from(FileLogger::new(
+            LevelFilter::Info,
+            config,
+            file,
+            Box::new(Gate(Arc::clone(&gate), echo.clone())),
+        ));
+        const RECORDS: usize = 4000;
+        let line = |i: usize| format!("record {i:05} {}", "x".repeat(100));
+        let emit = move |logger: &FileLogger, i: usize| {
+            let text = line(i);
+            logger.log(
+                &Record::builder()
+                    .level(log::Level::Info)
+                    .target("t")
+                    .args(format_args!("{text}"))
+                    .build(),
+            );
+        };
+        // The first record makes this thread the writer, stuck in the gate.
+        let writer = {
+            let logger = Arc::clone(&logger);
+            std::thread::spawn(move || emit(&logger, 0))
+        };
+        while !lock(&logger.queue).writing {
+            std::thread::yield_now();
+        }
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+        let producer = {
+            let (logger, done) = (Arc::clone(&logger), Arc::clone(&done));
+            std::thread::spawn(move || {
+                for i in 1..RECORDS {
+                    emit(&logger, i);
+                    done.store(i + 1, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let queued = lock(&logger.queue).bytes.len();
+        let logged = done.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(logged < RECORDS, "the producer was never held back");
+        assert!(
+            queued < MAX_QUEUED_BYTES + 200,
+            "{queued} bytes queued behind a stalled sink"
+        );
+        {
+            let (open, cv) = &*gate;
+            *lock(open) = true;
+            cv.notify_all();
+        }
+        writer.join().unwrap();
+        producer.join().unwrap();
+        logger.flush();
+        let text = fs::read_to_string(dir.join(FILE_NAME)).unwrap();
+        let expected: String = (0..RECORDS)
+            .map(|i| format!("[INFO] {}\n", line(i)))
+            .collect();
+        assert_eq!(text, expected);
+        assert_eq!(*lock(&echo.0), expected.into_bytes());
         fs::remove_dir_all(&dir).unwrap();
     }
 
