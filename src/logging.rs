@@ -13,7 +13,7 @@
 //! several lines is never split across two files; the same bytes go to stderr. Records are
 //! written by group commit: whoever logs while nobody is writing writes at once, and records
 //! logged meanwhile go out together in the next batch (one `write` per sink for many messages
-//! under load, with at most [`MAX_QUEUED_BYTES`] waiting before loggers are held back).
+//! under load, with at most 256 KiB waiting before loggers are held back).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
