@@ -45,6 +45,26 @@ fn text_message(n: u64) -> String {
     )
 }
 
+/// The server's per-message log line (`server::log_answer`'s format) for `m`, answered `text`.
+struct LogLine<'a>(&'a wxmp::message::Message);
+
+impl std::fmt::Display for LogLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (m, peer, kind, elapsed_ms) = (self.0, "203.0.113.7", "text", 0);
+        write!(
+            f,
+            "{} {} {}{} \"{}\" -> {} {}ms",
+            peer,
+            m.from_user,
+            m.msg_type,
+            m.event_name().map(|e| format!("/{e}")).unwrap_or_default(),
+            m.summary(),
+            kind,
+            elapsed_ms
+        )
+    }
+}
+
 /// Runs `f(i)` for `secs` seconds in five slices; the median slice's ns per call.
 fn measure(secs: f64, mut f: impl FnMut(u64)) -> f64 {
     let mut i = 0u64;
@@ -199,17 +219,7 @@ fn main() {
     row(
         "log line formatted (not written)",
         measure(secs, |i| {
-            let m = msg(i);
-            black_box(format!(
-                "{} {} {}{} \"{}\" -> {} {}ms",
-                "203.0.113.7",
-                m.from_user,
-                m.msg_type,
-                m.event_name().map(|e| format!("/{e}")).unwrap_or_default(),
-                m.summary(),
-                reply.kind(),
-                0
-            ));
+            black_box(LogLine(msg(i)).to_string());
         }),
     );
     let plain: f64 = rows.iter().map(|(_, ns)| ns).sum();
@@ -264,16 +274,7 @@ fn measure_log_line(secs: f64, m: &wxmp::message::Message) -> Result<f64, String
         return Err("cannot point stderr at /dev/null".into());
     }
     let ns = measure(secs, |_| {
-        log::info!(
-            "{} {} {}{} \"{}\" -> {} {}ms",
-            "203.0.113.7",
-            m.from_user,
-            m.msg_type,
-            m.event_name().map(|e| format!("/{e}")).unwrap_or_default(),
-            m.summary(),
-            "text",
-            0
-        );
+        log::info!("{}", LogLine(m));
     });
     wxmp::logging::flush();
     // SAFETY: restores the saved stderr descriptor.

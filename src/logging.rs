@@ -834,6 +834,17 @@ mod tests {
         assert_eq!(describe(&e), "permission denied");
     }
 
+    /// Logs `text` at `level` (target `t`) through `logger`.
+    fn emit(logger: &FileLogger, level: log::Level, text: &str) {
+        logger.log(
+            &Record::builder()
+                .level(level)
+                .target("t")
+                .args(format_args!("{text}"))
+                .build(),
+        );
+    }
+
     fn temp_dir(tag: &str) -> PathBuf {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -881,15 +892,7 @@ mod tests {
             .set_target_level(LevelFilter::Off)
             .build();
         let logger = FileLogger::new(LevelFilter::Info, config, file, Box::new(io::sink()));
-        let emit = |level: log::Level, msg: &str| {
-            logger.log(
-                &Record::builder()
-                    .level(level)
-                    .target("t")
-                    .args(format_args!("{msg}"))
-                    .build(),
-            );
-        };
+        let emit = |level: log::Level, msg: &str| emit(&logger, level, msg);
         // 41 bytes.
         emit(log::Level::Info, "first line\nsecond line\nthird line");
         emit(log::Level::Debug, "filtered out");
@@ -944,14 +947,7 @@ mod tests {
                 let logger = Arc::clone(&logger);
                 std::thread::spawn(move || {
                     for i in 0..PER_THREAD {
-                        let text = line(t, i);
-                        logger.log(
-                            &Record::builder()
-                                .level(log::Level::Info)
-                                .target("t")
-                                .args(format_args!("{text}"))
-                                .build(),
-                        );
+                        emit(&logger, log::Level::Info, &line(t, i));
                     }
                 })
             })
@@ -1032,20 +1028,12 @@ mod tests {
         ));
         const RECORDS: usize = 4000;
         let line = |i: usize| format!("record {i:05} {}", "x".repeat(100));
-        let emit = move |logger: &FileLogger, i: usize| {
-            let text = line(i);
-            logger.log(
-                &Record::builder()
-                    .level(log::Level::Info)
-                    .target("t")
-                    .args(format_args!("{text}"))
-                    .build(),
-            );
-        };
+        let emit_line =
+            move |logger: &FileLogger, i: usize| emit(logger, log::Level::Info, &line(i));
         // The first record makes this thread the writer, stuck in the gate.
         let writer = {
             let logger = Arc::clone(&logger);
-            std::thread::spawn(move || emit(&logger, 0))
+            std::thread::spawn(move || emit_line(&logger, 0))
         };
         while !lock(&logger.queue).writing {
             std::thread::yield_now();
@@ -1055,7 +1043,7 @@ mod tests {
             let (logger, done) = (Arc::clone(&logger), Arc::clone(&done));
             std::thread::spawn(move || {
                 for i in 1..RECORDS {
-                    emit(&logger, i);
+                    emit_line(&logger, i);
                     done.store(i + 1, std::sync::atomic::Ordering::SeqCst);
                 }
             })
