@@ -41,7 +41,7 @@ use wxhttp::{BodyKind, PostSpec, Target};
 
 const USAGE: &str = "usage: cargo bench --bench compare -- [--duration 5] [--warmup 1] [--quick] \
 [--connections 32] [--workers 4] [--rounds 1] [--only floor,plain,safe,file,exec] \
-[--modes keep-alive,new-conn] [--log-level info] [--write] [--out FILE]";
+[--modes keep-alive,new-conn] [--log-level info] [--wxmp PATH] [--write] [--out FILE]";
 
 const TOKEN: &str = "benchToken2024";
 const APP_ID: &str = "wxbench0123456789";
@@ -98,6 +98,9 @@ struct Options {
     quick: bool,
     /// wxmp's `[log] level` (`info`, as deployed, logs a line per message).
     log_level: String,
+    /// The wxmp binary: the one cargo built for this bench, or another build to compare
+    /// (`--wxmp target/x86_64-unknown-linux-musl/release/wxmp`, the shipped static binary).
+    wxmp: PathBuf,
 }
 
 fn seconds(name: &str, v: Option<String>) -> Result<Duration, String> {
@@ -130,6 +133,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         out: Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md"),
         quick: false,
         log_level: "info".into(),
+        wxmp: PathBuf::from(env!("CARGO_BIN_EXE_wxmp")),
     };
     let (mut duration, mut warmup) = (None, None);
     let mut it = args.iter().cloned();
@@ -175,6 +179,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 }
                 o.log_level = v;
             }
+            "--wxmp" => o.wxmp = PathBuf::from(it.next().ok_or("--wxmp needs a path")?),
             "--write" => o.write = true,
             "--out" => {
                 o.out = PathBuf::from(it.next().ok_or("--out needs a file")?);
@@ -256,7 +261,7 @@ fn start(kind: Kind, opts: &Options, root: &Path, seq: usize) -> Result<Running,
             .arg(opts.workers.to_string());
         c
     } else {
-        let bin = Path::new(env!("CARGO_BIN_EXE_wxmp"));
+        let bin = opts.wxmp.as_path();
         if !bin.is_file() {
             return Err(format!(
                 "{} is missing: run `cargo bench --bench compare` (it builds the wxmp binary), \
