@@ -604,9 +604,9 @@ fn thousands(n: f64) -> String {
     out
 }
 
-fn report(rows: &[Row], opts: &Options, command: &str, started: &str) -> String {
+fn report(rows: &[Row], opts: &Options, command: &str, started: &str, machine: &str) -> String {
     let mut md = String::new();
-    let _ = writeln!(md, "Measured {started} on {}.", machine());
+    let _ = writeln!(md, "Measured {started} on {machine}.");
     let _ = writeln!(
         md,
         "Command: `{command}`. Each row: a freshly started server on a free loopback port \
@@ -777,6 +777,8 @@ fn main() -> ExitCode {
         format!("cargo bench --bench compare -- {}", shown.join(" "))
     };
     let started = utc_now();
+    // Read before any server or load runs, so the load average is the machine's, not ours.
+    let machine = machine();
     let root = std::env::temp_dir().join(format!("wxmp-compare-{}", std::process::id()));
     let _ = fs::remove_dir_all(&root);
     if let Err(e) = fs::create_dir_all(&root) {
@@ -820,7 +822,7 @@ fn main() -> ExitCode {
     }
     let _ = fs::remove_dir_all(&root);
     let rows: Vec<Row> = all.into_iter().map(median).collect();
-    let table = report(&rows, &opts, &command, &started);
+    let table = report(&rows, &opts, &command, &started, &machine);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "\n{table}");
     if opts.write {
