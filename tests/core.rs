@@ -261,8 +261,7 @@ fn sixteen_threads_times_25_requests_all_answered() {
     for h in handles {
         h.join().expect("client thread");
     }
-    let answered = w.stderr().matches("-> text").count();
-    assert_eq!(answered, 400);
+    assert_eq!(w.wait_for_count("-> text", 400), 400);
 }
 
 #[test]

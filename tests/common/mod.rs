@@ -151,6 +151,19 @@ impl Wxmp {
         false
     }
 
+    /// Waits until stderr holds `needle` at least `n` times (up to 5 s); the count it saw last.
+    /// (wxmp answers first and logs after, so a line can trail its reply by a moment.)
+    pub fn wait_for_count(&self, needle: &str, n: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let seen = self.stderr().matches(needle).count();
+            if seen >= n || Instant::now() >= deadline {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends a signal to the process.
     pub fn signal(&self, sig: i32) {
         if let Some(child) = &self.child {
