@@ -298,6 +298,39 @@ impl MsgCrypt {
         timestamp: u64,
         nonce: &str,
     ) -> Result<String, CryptoError> {
+        if u32::try_from(reply_xml.len()).is_err() {
+            return Err(CryptoError::TooLong);
+        }
+        let mut random = [0u8; 16];
+        getrandom::fill(&mut random).map_err(|e| CryptoError::Random(e.to_string()))?;
+        self.encrypt_reply_with(reply_xml, timestamp, nonce, random)
+    }
+
+    /// [`MsgCrypt::encrypt_reply`] with a fresh random nonce: the server's way to seal a
+    /// passive reply. The 16-byte prefix and the nonce come from one read of the OS random
+    /// number generator (one system call a reply instead of two).
+    pub fn seal_reply(&self, reply_xml: &str, timestamp: u64) -> Result<String, CryptoError> {
+        if u32::try_from(reply_xml.len()).is_err() {
+            return Err(CryptoError::TooLong);
+        }
+        let mut random = [0u8; 24];
+        getrandom::fill(&mut random).map_err(|e| CryptoError::Random(e.to_string()))?;
+        let (prefix, nonce) = random.split_at(16);
+        let mut prefix_bytes = [0u8; 16];
+        prefix_bytes.copy_from_slice(prefix);
+        let mut nonce_bytes = [0u8; 8];
+        nonce_bytes.copy_from_slice(nonce);
+        let nonce = nonce_digits(u64::from_le_bytes(nonce_bytes));
+        self.encrypt_reply_with(reply_xml, timestamp, &nonce, prefix_bytes)
+    }
+
+    fn encrypt_reply_with(
+        &self,
+        reply_xml: &str,
+        timestamp: u64,
+        nonce: &str,
+        random: [u8; 16],
+    ) -> Result<String, CryptoError> {
         if nonce.is_empty() {
             return Err(CryptoError::Xml("the reply nonce is empty".into()));
         }
@@ -306,7 +339,7 @@ impl MsgCrypt {
                 "the reply nonce contains {c:?}, which XML cannot carry"
             )));
         }
-        let encrypt = self.encrypt(reply_xml)?;
+        let encrypt = self.encrypt_with_prefix(reply_xml, random);
         let timestamp = timestamp.to_string();
         let msg_signature = signature::sign(&[&self.token, &timestamp, nonce, &encrypt]);
         Ok(format!(
@@ -469,6 +502,11 @@ pub fn random_nonce() -> String {
         Ok(()) => u64::from_le_bytes(bytes),
         Err(_) => fallback_random(),
     };
+    nonce_digits(n)
+}
+
+/// Ten decimal digits of `n`, WeChat's nonce shape.
+fn nonce_digits(n: u64) -> String {
     format!("{:010}", n % 10_000_000_000)
 }
 
@@ -634,6 +672,26 @@ mod tests {
             .unwrap();
         assert_eq!(out, reply);
         assert_eq!(extract_encrypt(&xml).unwrap(), r.encrypt);
+    }
+
+    #[test]
+    fn sealed_reply_has_a_fresh_ten_digit_nonce_and_opens() {
+        let m = mc();
+        let reply = "<xml><Content><![CDATA[回复]]></Content></xml>";
+        let a = parse_encrypted_reply(&m.seal_reply(reply, 1409735670).unwrap()).unwrap();
+        let b = parse_encrypted_reply(&m.seal_reply(reply, 1409735670).unwrap()).unwrap();
+        for r in [&a, &b] {
+            assert_eq!(r.timestamp, "1409735670");
+            assert_eq!(r.nonce.len(), 10);
+            assert!(r.nonce.bytes().all(|c| c.is_ascii_digit()), "{}", r.nonce);
+            let out = m
+                .verify_and_decrypt(&r.msg_signature, &r.timestamp, &r.nonce, &r.encrypt)
+                .unwrap();
+            assert_eq!(out, reply);
+        }
+        // A fresh prefix and nonce each time (a repeat of either is a 2^-128 / 10^-10 event).
+        assert_ne!(a.encrypt, b.encrypt);
+        assert_ne!(a.nonce, b.nonce);
     }
 
     #[test]

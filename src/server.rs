@@ -766,21 +766,19 @@ fn render(reply: &Reply, msg: &Message, seal: Option<&MsgCrypt>) -> Answer {
     let now = now_unix();
     let xml = reply.render(&msg.from_user, &msg.to_user, now);
     let body = match seal {
-        Some(crypt) if xml != "success" => {
-            match crypt.encrypt_reply(&xml, now, &crypto::random_nonce()) {
-                Ok(sealed) => sealed,
-                Err(e) => {
-                    error!(
-                        "cannot encrypt the reply to {}: {e}; answered success",
-                        msg.from_user
-                    );
-                    return Answer {
-                        body: "success".into(),
-                        kind: "success",
-                    };
-                }
+        Some(crypt) if xml != "success" => match crypt.seal_reply(&xml, now) {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                error!(
+                    "cannot encrypt the reply to {}: {e}; answered success",
+                    msg.from_user
+                );
+                return Answer {
+                    body: "success".into(),
+                    kind: "success",
+                };
             }
-        }
+        },
         _ => xml,
     };
     Answer {
