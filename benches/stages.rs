@@ -233,6 +233,17 @@ fn main() {
         ),
         Err(e) => println!("log line written: not measured ({e})"),
     }
+    let posts: Vec<String> = sealed
+        .iter()
+        .map(|e| format!("<xml><ToUserName><![CDATA[gh_bench]]></ToUserName><Encrypt><![CDATA[{e}]]></Encrypt></xml>"))
+        .collect();
+    let extract = measure(secs, |i| {
+        black_box(wxmp::crypto::extract_encrypt(&posts[(i % 64) as usize]).ok());
+    });
+    println!(
+        "{:<46} {extract:>8.0} ns",
+        "safe mode: <Encrypt> taken from the POST body"
+    );
     let open = measure(secs, |i| {
         let k = (i % 64) as usize;
         black_box(
