@@ -558,26 +558,24 @@ impl FileLogger {
     /// Writes queued batches until the queue is empty; the caller has set `writing`.
     fn write_queued<'a>(&'a self, mut queue: MutexGuard<'a, Queue>) {
         // Should a write panic, the guard still hands the writer's role back.
-        struct Release<'a>(&'a FileLogger);
+        struct Release<'a>(&'a FileLogger, bool);
         impl Drop for Release<'_> {
             fn drop(&mut self) {
-                let mut queue = lock(&self.0.queue);
-                queue.writing = false;
-                if queue.waiting > 0 {
-                    self.0.written.notify_all();
+                if self.1 {
+                    let mut queue = lock(&self.0.queue);
+                    queue.writing = false;
+                    self.0.wake_waiters(&queue);
                 }
             }
         }
-        let release = Release(self);
+        let mut release = Release(self, true);
         let (mut bytes, mut ends) = (Vec::new(), Vec::new());
         while !queue.bytes.is_empty() {
             // Swap the buffers so that neither side allocates once both have grown.
             std::mem::swap(&mut queue.bytes, &mut bytes);
             std::mem::swap(&mut queue.ends, &mut ends);
             // The queue has room again: wake anyone waiting for it.
-            if queue.waiting > 0 {
-                self.written.notify_all();
-            }
+            self.wake_waiters(&queue);
             drop(queue);
             let mut sinks = lock(&self.sinks);
             let _ = sinks.file.write_records(&bytes, &ends);
@@ -592,8 +590,17 @@ impl FileLogger {
             ends.shrink_to(KEEP_BATCH_BYTES / 64);
             queue = lock(&self.queue);
         }
-        drop(queue);
-        drop(release);
+        // Give up the role under the same lock that saw the queue empty: a record queued after
+        // an unlock here would find `writing` still set and be left for the next logger.
+        queue.writing = false;
+        self.wake_waiters(&queue);
+        release.1 = false;
+    }
+
+    fn wake_waiters(&self, queue: &Queue) {
+        if queue.waiting > 0 {
+            self.written.notify_all();
+        }
     }
 }
 
@@ -608,19 +615,18 @@ impl Log for FileLogger {
         }
         let mut queue = {
             let _formatting = lock(&self.formatting);
-            // Backpressure: when the sinks are slower than the loggers (a stalled journald, a
-            // full disk), wait for the writer rather than queue without bound.
-            let mut queue = lock(&self.queue);
-            while queue.writing && queue.bytes.len() >= MAX_QUEUED_BYTES {
-                queue = self.wait_for_writer(queue);
-            }
-            drop(queue);
             self.format.log(record);
             let mut formatted = lock(&self.buf.0);
             if formatted.is_empty() {
                 return;
             }
             let mut queue = lock(&self.queue);
+            // Backpressure: when the sinks are slower than the loggers (a stalled journald, a
+            // full disk), wait for the writer rather than queue without bound. (The writer
+            // never takes the formatting lock held here.)
+            while queue.writing && queue.bytes.len() >= MAX_QUEUED_BYTES {
+                queue = self.wait_for_writer(queue);
+            }
             queue.bytes.extend_from_slice(&formatted);
             let end = queue.bytes.len();
             queue.ends.push(end);
@@ -954,6 +960,14 @@ mod tests {
             .collect();
         for h in handles {
             h.join().unwrap();
+        }
+        // Every log call has returned: no record may be left queued for a later one.
+        {
+            let queue = lock(&logger.queue);
+            assert!(
+                queue.bytes.is_empty() && !queue.writing,
+                "a record was left queued"
+            );
         }
         logger.flush();
         let files = files_in(&dir);
