@@ -298,12 +298,16 @@ impl MsgCrypt {
         timestamp: u64,
         nonce: &str,
     ) -> Result<String, CryptoError> {
-        if u32::try_from(reply_xml.len()).is_err() {
-            return Err(CryptoError::TooLong);
+        if nonce.is_empty() {
+            return Err(CryptoError::Xml("the reply nonce is empty".into()));
         }
-        let mut random = [0u8; 16];
-        getrandom::fill(&mut random).map_err(|e| CryptoError::Random(e.to_string()))?;
-        self.encrypt_reply_with(reply_xml, timestamp, nonce, random)
+        if let Some(c) = nonce.chars().find(|&c| !is_xml_char(c)) {
+            return Err(CryptoError::Xml(format!(
+                "the reply nonce contains {c:?}, which XML cannot carry"
+            )));
+        }
+        let encrypt = self.encrypt(reply_xml)?;
+        Ok(self.reply_envelope(&encrypt, timestamp, nonce))
     }
 
     /// [`MsgCrypt::encrypt_reply`] with a fresh random nonce: the server's way to seal a
@@ -315,40 +319,25 @@ impl MsgCrypt {
         }
         let mut random = [0u8; 24];
         getrandom::fill(&mut random).map_err(|e| CryptoError::Random(e.to_string()))?;
-        let (prefix, nonce) = random.split_at(16);
-        let mut prefix_bytes = [0u8; 16];
-        prefix_bytes.copy_from_slice(prefix);
-        let mut nonce_bytes = [0u8; 8];
-        nonce_bytes.copy_from_slice(nonce);
-        let nonce = nonce_digits(u64::from_le_bytes(nonce_bytes));
-        self.encrypt_reply_with(reply_xml, timestamp, &nonce, prefix_bytes)
+        let (mut prefix, mut nonce) = ([0u8; 16], [0u8; 8]);
+        prefix.copy_from_slice(&random[..16]);
+        nonce.copy_from_slice(&random[16..]);
+        let encrypt = self.encrypt_with_prefix(reply_xml, prefix);
+        let nonce = nonce_digits(u64::from_le_bytes(nonce));
+        Ok(self.reply_envelope(&encrypt, timestamp, &nonce))
     }
 
-    fn encrypt_reply_with(
-        &self,
-        reply_xml: &str,
-        timestamp: u64,
-        nonce: &str,
-        random: [u8; 16],
-    ) -> Result<String, CryptoError> {
-        if nonce.is_empty() {
-            return Err(CryptoError::Xml("the reply nonce is empty".into()));
-        }
-        if let Some(c) = nonce.chars().find(|&c| !is_xml_char(c)) {
-            return Err(CryptoError::Xml(format!(
-                "the reply nonce contains {c:?}, which XML cannot carry"
-            )));
-        }
-        let encrypt = self.encrypt_with_prefix(reply_xml, random);
+    /// The passive-reply XML around an `Encrypt` value, signed; `nonce` is valid XML text.
+    fn reply_envelope(&self, encrypt: &str, timestamp: u64, nonce: &str) -> String {
         let timestamp = timestamp.to_string();
-        let msg_signature = signature::sign(&[&self.token, &timestamp, nonce, &encrypt]);
-        Ok(format!(
+        let msg_signature = signature::sign(&[&self.token, &timestamp, nonce, encrypt]);
+        format!(
             "<xml><Encrypt><![CDATA[{encrypt}]]></Encrypt>\
              <MsgSignature><![CDATA[{msg_signature}]]></MsgSignature>\
              <TimeStamp>{timestamp}</TimeStamp>\
              <Nonce><![CDATA[{}]]></Nonce></xml>",
             cdata_escape(nonce)
-        ))
+        )
     }
 
     fn iv(&self) -> [u8; 16] {
