@@ -66,6 +66,9 @@ struct Inner<T> {
 pub struct Slot<T> {
     state: Mutex<State<T>>,
     ready: Condvar,
+    /// Tries waiting on `ready`; changed only under `state`'s lock. A notify is a system call
+    /// even when nobody waits, and nobody does for almost every message.
+    waiters: AtomicUsize,
     created: Instant,
     /// The answer's weight once completed, counted in the table's bytes until removed.
     weight: AtomicUsize,
@@ -73,6 +76,15 @@ pub struct Slot<T> {
 }
 
 impl<T> Slot<T> {
+    /// Ends the pending state and wakes the tries waiting for it, if any.
+    fn finish(&self, end: State<T>) {
+        let mut state = lock(&self.state);
+        *state = end;
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.ready.notify_all();
+        }
+    }
+
     /// Takes this slot's answer out of the table's byte count (it is leaving the table).
     fn release(&self) {
         let w = self.weight.swap(0, Ordering::SeqCst);
@@ -186,6 +198,7 @@ impl<T: Clone + Weigh> Dedup<T> {
         }
         let slot = Arc::new(Slot {
             state: Mutex::new(State::Pending { tries: 1 }),
+            waiters: AtomicUsize::new(0),
             ready: Condvar::new(),
             created: now,
             weight: AtomicUsize::new(0),
@@ -245,8 +258,7 @@ impl<T: Clone + Weigh> Ticket<T> {
         let w = answer.weight();
         self.slot.weight.store(w, Ordering::SeqCst);
         self.slot.bytes.fetch_add(w, Ordering::SeqCst);
-        *lock(&self.slot.state) = State::Done(answer);
-        self.slot.ready.notify_all();
+        self.slot.finish(State::Done(answer));
     }
 }
 
@@ -264,8 +276,7 @@ impl<T> Ticket<T> {
 impl<T> Drop for Ticket<T> {
     fn drop(&mut self) {
         if !self.completed {
-            *lock(&self.slot.state) = State::Abandoned;
-            self.slot.ready.notify_all();
+            self.slot.finish(State::Abandoned);
         }
     }
 }
@@ -283,12 +294,14 @@ impl<T: Clone> Repeat<T> {
                 State::Pending { .. } => {}
             }
             let left = deadline.checked_duration_since(Instant::now())?;
+            self.slot.waiters.fetch_add(1, Ordering::SeqCst);
             state = self
                 .slot
                 .ready
                 .wait_timeout(state, left)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            self.slot.waiters.fetch_sub(1, Ordering::SeqCst);
         }
     }
 

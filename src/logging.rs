@@ -11,9 +11,10 @@
 //! [`init`] installs the global logger. It formats each record completely (with simplelog's
 //! formatting) and hands whole records to the [`RotatingFile`], so even a message that spans
 //! several lines is never split across two files; the same bytes go to stderr. Records are
-//! written by group commit: whoever logs while nobody is writing writes at once, and records
-//! logged meanwhile go out together in the next batch (one `write` per sink for many messages
-//! under load, with at most 256 KiB waiting before loggers are held back).
+//! written by a writer thread: the first record logged while it sleeps wakes it, it lets more
+//! gather for a millisecond, then writes them all with one `write` per sink (tens of messages
+//! per system call under load; at most 256 KiB waiting before loggers are held back). A line
+//! therefore reaches the file about a millisecond after it is logged; [`flush`] waits for it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -474,51 +475,73 @@ impl Write for RecordBuf {
     }
 }
 
-/// Bytes queued at most while a batch is being written; past it, loggers wait.
+/// Bytes queued at most; past it, loggers wait for the writer.
 const MAX_QUEUED_BYTES: usize = 256 << 10;
 
 /// Bytes of batch buffer kept between batches (a burst's bigger buffer is given back).
 const KEEP_BATCH_BYTES: usize = 16 << 10;
 
-/// Records formatted but not yet written, and whether a thread is writing them out.
+/// How long the writer thread lets records gather after the first one of a batch arrives.
+/// Under load that makes one `write` per sink carry every line of the last millisecond (tens of
+/// messages) instead of one or two; a quiet server's line reaches the file a millisecond late.
+const GATHER: Duration = Duration::from_millis(1);
+
+/// A batch this big is written at once, without waiting for [`GATHER`] to pass.
+const GATHER_BYTES: usize = 64 << 10;
+
+/// Records formatted but not yet written, and what the writer thread is doing.
 #[derive(Default)]
 struct Queue {
     /// Whole records, one after another.
     bytes: Vec<u8>,
     /// Where each record in `bytes` ends.
     ends: Vec<usize>,
-    /// A thread is writing a batch: it will take what is queued before it returns.
+    /// The writer holds a batch it has not finished writing.
     writing: bool,
+    /// The writer waits on `queued` for a first record (so that only the logger that queues
+    /// that record wakes it, with one system call, and the others do not).
+    asleep: bool,
     /// Threads waiting on `written` (so that the writer signals only when someone listens).
     waiting: usize,
+    /// The logger is gone: the writer writes what is queued and ends.
+    closed: bool,
 }
 
-/// The global logger: formats a whole record with simplelog, then writes it to the
-/// [`RotatingFile`] (in one unit, so a record, even a multi-line one, never straddles a
-/// rotation) and to stderr. Its `flush` waits for queued records and flushes the file, so
-/// `log::logger().flush()` does too.
+/// What the loggers and the writer thread share.
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Signalled when a record is queued for a sleeping writer, and when the logger closes.
+    queued: Condvar,
+    /// Signalled when the writer takes a batch (the queue has room) and when it has written one
+    /// (for `flush`).
+    written: Condvar,
+    /// Only the writer thread writes here; `flush` locks it to flush.
+    sinks: Mutex<Sinks>,
+}
+
+/// The global logger: formats a whole record with simplelog and queues it; a writer thread
+/// writes queued records to the [`RotatingFile`] (each record in one unit, so a record, even a
+/// multi-line one, never straddles a rotation) and to stderr. Its `flush` waits until every
+/// record logged before it is written and flushes the file, so `log::logger().flush()` does too.
 ///
-/// Writing is a group commit: the first thread to log while nobody is writing becomes the
-/// writer and writes its record at once (so a quiet server writes every line the moment it is
-/// logged); records logged meanwhile by other threads are queued, and the writer writes them
-/// all with one `write` to each sink before it returns. Under load that turns two system calls
-/// per message into two per batch, and nobody waits on a lock for another thread's system call.
-/// A queued record is never left behind: the writer looks at the queue again after every
-/// batch, and only stops writing once it is empty.
+/// Why a writer thread: a `write` per message per sink was the largest system-call cost of a
+/// message under load. The writer sleeps until a record is queued, lets more gather for
+/// [`GATHER`], then writes them all with one `write` to each sink, in the order they were
+/// logged. Loggers never wait for a system call, only, when [`MAX_QUEUED_BYTES`] are queued
+/// (a stalled journald, a full disk), for the writer to take a batch.
 struct FileLogger {
     level: LevelFilter,
     /// Serialises formatting: simplelog writes a record in pieces into the shared `buf`.
     formatting: Mutex<()>,
     format: Box<WriteLogger<RecordBuf>>,
     buf: RecordBuf,
-    queue: Mutex<Queue>,
-    /// Signalled when the writer takes a batch (the queue has room) and when it finishes
-    /// (for `flush`).
-    written: Condvar,
-    sinks: Mutex<Sinks>,
+    shared: Arc<Shared>,
+    /// The writer thread, joined when the logger is dropped (a test's logger; the global one
+    /// lives as long as the process).
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Where records go: only the thread that is the writer locks this.
+/// Where records go.
 struct Sinks {
     file: RotatingFile,
     /// stderr in the server; a buffer in tests.
@@ -526,25 +549,39 @@ struct Sinks {
 }
 
 impl FileLogger {
+    /// A logger whose writer thread is running; `Err` if that thread cannot be started.
     fn new(
         level: LevelFilter,
         config: Config,
         file: RotatingFile,
         echo: Box<dyn Write + Send>,
-    ) -> Box<FileLogger> {
+    ) -> io::Result<Box<FileLogger>> {
         let buf = RecordBuf::default();
-        Box::new(FileLogger {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            queued: Condvar::new(),
+            written: Condvar::new(),
+            sinks: Mutex::new(Sinks { file, echo }),
+        });
+        let writer = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("log-writer".into())
+                .spawn(move || shared.write_batches())?
+        };
+        Ok(Box::new(FileLogger {
             level,
             formatting: Mutex::new(()),
             format: WriteLogger::new(level, config, buf.clone()),
             buf,
-            queue: Mutex::new(Queue::default()),
-            written: Condvar::new(),
-            sinks: Mutex::new(Sinks { file, echo }),
-        })
+            shared,
+            writer: Some(writer),
+        }))
     }
+}
 
-    /// Waits until the writer takes a batch or finishes.
+impl Shared {
+    /// Waits until the writer takes a batch or finishes one.
     fn wait_for_writer<'a>(&self, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
         queue.waiting += 1;
         let mut queue = self
@@ -555,51 +592,66 @@ impl FileLogger {
         queue
     }
 
-    /// Writes queued batches until the queue is empty; the caller has set `writing`.
-    fn write_queued<'a>(&'a self, mut queue: MutexGuard<'a, Queue>) {
-        // Should a write panic, the guard still hands the writer's role back.
-        struct Release<'a>(&'a FileLogger, bool);
-        impl Drop for Release<'_> {
-            fn drop(&mut self) {
-                if self.1 {
-                    let mut queue = lock(&self.0.queue);
-                    queue.writing = false;
-                    self.0.wake_waiters(&queue);
-                }
-            }
+    fn wake_waiters(&self, queue: &Queue) {
+        if queue.waiting > 0 {
+            self.written.notify_all();
         }
-        let mut release = Release(self, true);
+    }
+
+    /// The writer thread: sleeps until records are queued, lets more gather, writes them as
+    /// one batch; ends once the logger is closed and everything queued is written.
+    fn write_batches(&self) {
         let (mut bytes, mut ends) = (Vec::new(), Vec::new());
-        while !queue.bytes.is_empty() {
+        let mut queue = lock(&self.queue);
+        loop {
+            while queue.bytes.is_empty() {
+                if queue.closed {
+                    return;
+                }
+                queue.asleep = true;
+                queue = self
+                    .queued
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner);
+                queue.asleep = false;
+            }
+            if !queue.closed && queue.bytes.len() < GATHER_BYTES {
+                drop(queue);
+                std::thread::sleep(GATHER);
+                queue = lock(&self.queue);
+            }
             // Swap the buffers so that neither side allocates once both have grown.
             std::mem::swap(&mut queue.bytes, &mut bytes);
             std::mem::swap(&mut queue.ends, &mut ends);
+            queue.writing = true;
             // The queue has room again: wake anyone waiting for it.
             self.wake_waiters(&queue);
             drop(queue);
-            let mut sinks = lock(&self.sinks);
-            let _ = sinks.file.write_records(&bytes, &ends);
-            // The same formatted lines to stderr (a terminal, or journald under systemd): one
-            // formatting for both, where a second simplelog logger would format them again.
-            let _ = sinks.echo.write_all(&bytes);
-            drop(sinks);
+            {
+                let mut sinks = lock(&self.sinks);
+                let _ = sinks.file.write_records(&bytes, &ends);
+                // The same formatted lines to stderr (a terminal, or journald under systemd):
+                // one formatting for both, where a second simplelog logger would format again.
+                let _ = sinks.echo.write_all(&bytes);
+            }
             bytes.clear();
             ends.clear();
             // A burst may have grown the batch: keep no more than a quiet server needs.
             bytes.shrink_to(KEEP_BATCH_BYTES);
             ends.shrink_to(KEEP_BATCH_BYTES / 64);
             queue = lock(&self.queue);
+            queue.writing = false;
+            self.wake_waiters(&queue);
         }
-        // Give up the role under the same lock that saw the queue empty: a record queued after
-        // an unlock here would find `writing` still set and be left for the next logger.
-        queue.writing = false;
-        self.wake_waiters(&queue);
-        release.1 = false;
     }
+}
 
-    fn wake_waiters(&self, queue: &Queue) {
-        if queue.waiting > 0 {
-            self.written.notify_all();
+impl Drop for FileLogger {
+    fn drop(&mut self) {
+        lock(&self.shared.queue).closed = true;
+        self.shared.queued.notify_all();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
         }
     }
 }
@@ -613,40 +665,38 @@ impl Log for FileLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let mut queue = {
-            let _formatting = lock(&self.formatting);
-            self.format.log(record);
-            let mut formatted = lock(&self.buf.0);
-            if formatted.is_empty() {
-                return;
-            }
-            let mut queue = lock(&self.queue);
-            // Backpressure: when the sinks are slower than the loggers (a stalled journald, a
-            // full disk), wait for the writer rather than queue without bound. (The writer
-            // never takes the formatting lock held here.)
-            while queue.writing && queue.bytes.len() >= MAX_QUEUED_BYTES {
-                queue = self.wait_for_writer(queue);
-            }
-            queue.bytes.extend_from_slice(&formatted);
-            let end = queue.bytes.len();
-            queue.ends.push(end);
-            formatted.clear();
-            queue
-        };
-        if queue.writing {
+        let shared = &*self.shared;
+        let _formatting = lock(&self.formatting);
+        self.format.log(record);
+        let mut formatted = lock(&self.buf.0);
+        if formatted.is_empty() {
             return;
         }
-        queue.writing = true;
-        self.write_queued(queue);
+        let mut queue = lock(&shared.queue);
+        // Backpressure: when the sinks are slower than the loggers, wait for the writer rather
+        // than queue without bound. (The writer never takes the formatting lock held here.)
+        while queue.bytes.len() >= MAX_QUEUED_BYTES && !queue.closed {
+            queue = shared.wait_for_writer(queue);
+        }
+        queue.bytes.extend_from_slice(&formatted);
+        let end = queue.bytes.len();
+        queue.ends.push(end);
+        formatted.clear();
+        if queue.asleep {
+            // Only the first record of a batch wakes the writer.
+            queue.asleep = false;
+            shared.queued.notify_one();
+        }
     }
 
     fn flush(&self) {
-        let mut queue = lock(&self.queue);
-        while queue.writing {
-            queue = self.wait_for_writer(queue);
+        let shared = &*self.shared;
+        let mut queue = lock(&shared.queue);
+        while !queue.bytes.is_empty() || queue.writing {
+            queue = shared.wait_for_writer(queue);
         }
         drop(queue);
-        let mut sinks = lock(&self.sinks);
+        let mut sinks = lock(&shared.sinks);
         let _ = sinks.file.flush();
         let _ = sinks.echo.flush();
     }
@@ -715,13 +765,10 @@ pub fn init(settings: &LogSettings) -> Result<(), String> {
     let config = builder.build();
 
     let level = settings.level;
-    CombinedLogger::init(vec![FileLogger::new(
-        level,
-        config,
-        file,
-        Box::new(io::stderr()),
-    )])
-    .map_err(|_| "another global logger is already installed".to_string())?;
+    let logger = FileLogger::new(level, config, file, Box::new(io::stderr()))
+        .map_err(|e| format!("cannot start the log writer thread: {}", describe(&e)))?;
+    CombinedLogger::init(vec![logger])
+        .map_err(|_| "another global logger is already installed".to_string())?;
     *done = true;
     Ok(())
 }
@@ -897,7 +944,8 @@ mod tests {
             .set_time_level(LevelFilter::Off)
             .set_target_level(LevelFilter::Off)
             .build();
-        let logger = FileLogger::new(LevelFilter::Info, config, file, Box::new(io::sink()));
+        let logger =
+            FileLogger::new(LevelFilter::Info, config, file, Box::new(io::sink())).unwrap();
         let emit = |level: log::Level, msg: &str| emit(&logger, level, msg);
         // 41 bytes.
         emit(log::Level::Info, "first line\nsecond line\nthird line");
@@ -922,7 +970,7 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Eight threads log at once through a tiny file: the group commit must write every record
+    /// Eight threads log at once through a tiny file: the writer must write every record
     /// once, whole and in each thread's order, rotate only between records and only when the
     /// next unit would not fit, and echo exactly the same bytes in the same order.
     #[test]
@@ -938,12 +986,9 @@ mod tests {
             .build();
         let echo = RecordBuf::default();
         let file = RotatingFile::open(&dir, MAX, 10).unwrap();
-        let logger: Arc<FileLogger> = Arc::from(FileLogger::new(
-            LevelFilter::Info,
-            config,
-            file,
-            Box::new(echo.clone()),
-        ));
+        let logger: Arc<FileLogger> = Arc::from(
+            FileLogger::new(LevelFilter::Info, config, file, Box::new(echo.clone())).unwrap(),
+        );
         let line = |t: usize, i: usize| {
             let pad = "x".repeat((t * 7 + i * 13) % 40);
             format!("t{t} n{i:05} {pad}")
@@ -961,15 +1006,15 @@ mod tests {
         for h in handles {
             h.join().unwrap();
         }
-        // Every log call has returned: no record may be left queued for a later one.
+        // Every log call has returned and `flush` waited for the writer: nothing may be left.
+        logger.flush();
         {
-            let queue = lock(&logger.queue);
+            let queue = lock(&logger.shared.queue);
             assert!(
                 queue.bytes.is_empty() && !queue.writing,
-                "a record was left queued"
+                "a record was left queued after flush"
             );
         }
-        logger.flush();
         let files = files_in(&dir);
         assert!(files.len() > 50, "only {} files", files.len());
         let mut next = [0usize; THREADS];
@@ -1034,22 +1079,22 @@ mod tests {
             .set_target_level(LevelFilter::Off)
             .build();
         let file = RotatingFile::open(&dir, 1 << 30, 10).unwrap();
-        let logger: Arc<FileLogger> = Arc::from(FileLogger::new(
-            LevelFilter::Info,
-            config,
-            file,
-            Box::new(Gate(Arc::clone(&gate), echo.clone())),
-        ));
+        let logger: Arc<FileLogger> = Arc::from(
+            FileLogger::new(
+                LevelFilter::Info,
+                config,
+                file,
+                Box::new(Gate(Arc::clone(&gate), echo.clone())),
+            )
+            .unwrap(),
+        );
         const RECORDS: usize = 4000;
         let line = |i: usize| format!("record {i:05} {}", "x".repeat(100));
         let emit_line =
             move |logger: &FileLogger, i: usize| emit(logger, log::Level::Info, &line(i));
-        // The first record makes this thread the writer, stuck in the gate.
-        let writer = {
-            let logger = Arc::clone(&logger);
-            std::thread::spawn(move || emit_line(&logger, 0))
-        };
-        while !lock(&logger.queue).writing {
+        // The first record gets the writer thread stuck in the gate.
+        emit_line(&logger, 0);
+        while !lock(&logger.shared.queue).writing {
             std::thread::yield_now();
         }
         let done = Arc::new(std::sync::atomic::AtomicUsize::new(1));
@@ -1063,7 +1108,7 @@ mod tests {
             })
         };
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let queued = lock(&logger.queue).bytes.len();
+        let queued = lock(&logger.shared.queue).bytes.len();
         let logged = done.load(std::sync::atomic::Ordering::SeqCst);
         assert!(logged < RECORDS, "the producer was never held back");
         assert!(
@@ -1075,7 +1120,6 @@ mod tests {
             *lock(open) = true;
             cv.notify_all();
         }
-        writer.join().unwrap();
         producer.join().unwrap();
         logger.flush();
         let text = fs::read_to_string(dir.join(FILE_NAME)).unwrap();
@@ -1084,6 +1128,90 @@ mod tests {
             .collect();
         assert_eq!(text, expected);
         assert_eq!(*lock(&echo.0), expected.into_bytes());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A Write into a shared buffer that counts its `write` calls.
+    struct Counted(RecordBuf, Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Write for Counted {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn bare_config() -> Config {
+        ConfigBuilder::new()
+            .set_time_level(LevelFilter::Off)
+            .set_target_level(LevelFilter::Off)
+            .build()
+    }
+
+    /// Records logged while the writer is busy go out together: one `write` per sink for the
+    /// whole batch, not one per record.
+    #[test]
+    fn records_logged_while_the_writer_is_busy_go_out_in_one_write() {
+        let dir = temp_dir("batch");
+        let echo = RecordBuf::default();
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let file = RotatingFile::open(&dir, 1 << 30, 10).unwrap();
+        let logger = FileLogger::new(
+            LevelFilter::Info,
+            bare_config(),
+            file,
+            Box::new(Counted(echo.clone(), Arc::clone(&writes))),
+        )
+        .unwrap();
+        // Hold the sinks: the writer takes the first record and then waits for them.
+        let sinks = lock(&logger.shared.sinks);
+        emit(&logger, log::Level::Info, "first");
+        while !lock(&logger.shared.queue).writing {
+            std::thread::yield_now();
+        }
+        for i in 0..100 {
+            emit(&logger, log::Level::Info, &format!("queued {i}"));
+        }
+        drop(sinks);
+        logger.flush();
+        let expected: String = std::iter::once("[INFO] first\n".to_string())
+            .chain((0..100).map(|i| format!("[INFO] queued {i}\n")))
+            .collect();
+        assert_eq!(fs::read_to_string(dir.join(FILE_NAME)).unwrap(), expected);
+        assert_eq!(*lock(&echo.0), expected.into_bytes());
+        assert_eq!(
+            writes.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "the first record, then the 100 queued behind it in one batch"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A quiet server's line reaches the file by itself, without a `flush`.
+    #[test]
+    fn a_lone_record_is_written_without_a_flush() {
+        let dir = temp_dir("lone");
+        let file = RotatingFile::open(&dir, 1 << 30, 10).unwrap();
+        let logger =
+            FileLogger::new(LevelFilter::Info, bare_config(), file, Box::new(io::sink())).unwrap();
+        for round in 0..3 {
+            emit(&logger, log::Level::Info, &format!("alone {round}"));
+            let want: String = (0..=round).map(|r| format!("[INFO] alone {r}\n")).collect();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while fs::read_to_string(dir.join(FILE_NAME)).unwrap() != want {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "record {round} not written within 5 s"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // Let the writer fall asleep again before the next record.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(logger);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -277,6 +277,12 @@ fn main() -> ExitCode {
     let path = config::resolve_path(cli.config.as_deref(), env);
     match cli.command.as_str() {
         "check" => check(&path),
-        _ => serve(&path),
+        _ => {
+            let code = serve(&path);
+            // Every exit path, early errors included: the log writer thread may still hold
+            // the last lines.
+            wxmp::logging::flush();
+            code
+        }
     }
 }
