@@ -283,7 +283,8 @@ pub fn parse(xml: &str) -> Result<Message, ParseError> {
 /// elements get `Parent/Child` paths and list items (`PicList/item/PicMd5Sum`) repeat the same
 /// path. Shared by the inbound parser and `wxmp send`'s reply checks.
 pub fn leaf_fields(root: roxmltree::Node) -> Vec<(String, String)> {
-    let mut out = Vec::new();
+    // Sized for the top level at once rather than grown by doubling (nested lists may add more).
+    let mut out = Vec::with_capacity(root.children().filter(|c| c.is_element()).count());
     collect_fields(root, "", &mut out);
     out
 }
