@@ -503,40 +503,39 @@ impl Message {
 
     /// A short, single-line description of the content for the log (at most 40 characters).
     pub fn summary(&self) -> String {
-        let text = match &self.kind {
-            Kind::Text { content } => content.clone(),
+        // Borrowed where the text is a field as it is: this runs for every message's log line.
+        let text: std::borrow::Cow<'_, str> = match &self.kind {
+            Kind::Text { content } => content.into(),
             Kind::Voice {
-                recognition,
-                media_id,
+                recognition: Some(recognition),
                 ..
-            } => recognition
-                .clone()
-                .unwrap_or_else(|| format!("media {media_id}")),
-            Kind::Image { media_id, .. }
+            } => recognition.into(),
+            Kind::Voice { media_id, .. }
+            | Kind::Image { media_id, .. }
             | Kind::Video { media_id, .. }
-            | Kind::ShortVideo { media_id, .. } => {
-                format!("media {media_id}")
-            }
+            | Kind::ShortVideo { media_id, .. } => format!("media {media_id}").into(),
             Kind::Location {
                 latitude,
                 longitude,
                 label,
                 ..
-            } => format!("{latitude},{longitude} {label}"),
-            Kind::Link { title, .. } | Kind::MiniProgramPage { title, .. } => title.clone(),
+            } => format!("{latitude},{longitude} {label}").into(),
+            Kind::Link { title, .. } | Kind::MiniProgramPage { title, .. } => title.into(),
             Kind::Event(_) => format!(
                 "{} {}",
                 self.field("Event").unwrap_or_default().trim(),
                 self.field("EventKey").unwrap_or_default().trim()
-            ),
-            Kind::Unknown { .. } => String::new(),
+            )
+            .into(),
+            Kind::Unknown { .. } => "".into(),
         };
-        let one_line: String = text
-            .chars()
+        let mut chars = text.chars();
+        let mut cut: String = chars
+            .by_ref()
+            .take(40)
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect();
-        let mut cut: String = one_line.chars().take(40).collect();
-        if one_line.chars().count() > 40 {
+        if chars.next().is_some() {
             cut.push('…');
         }
         cut

@@ -432,14 +432,28 @@ impl<'a> Query<'a> {
 /// Everything about a request needed after its body is read.
 struct Ctx {
     start: Instant,
-    peer: String,
+    peer: Peer,
     /// Set when the request was encrypted: the answer must be encrypted too.
     seal: Option<Arc<MsgCrypt>>,
 }
 
+/// Who sent a request, as log lines print it: an IP address, or `-` when unknown. Formatted
+/// only into the line itself (a `String` per request would be one more allocation).
+#[derive(Clone, Copy)]
+struct Peer(Option<IpAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => ip.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 /// The address to log: the proxy's `X-Real-IP` / first `X-Forwarded-For` when the peer is a
 /// loopback proxy (nginx), else the peer itself.
-fn client_addr(req: &Request) -> String {
+fn client_addr(req: &Request) -> Peer {
     let peer = req.remote_addr().map(|a| a.ip());
     if peer.is_some_and(|ip| ip.is_loopback()) {
         for name in ["X-Real-IP", "X-Forwarded-For"] {
@@ -449,12 +463,12 @@ fn client_addr(req: &Request) -> String {
                 .find(|h| h.field.equiv(name))
                 .and_then(|h| h.value.as_str().split(',').next())
                 .and_then(|v| v.trim().parse::<IpAddr>().ok());
-            if let Some(ip) = forwarded {
-                return ip.to_string();
+            if forwarded.is_some() {
+                return Peer(forwarded);
             }
         }
     }
-    peer.map_or_else(|| "-".to_string(), |ip| ip.to_string())
+    Peer(peer)
 }
 
 fn header(name: &str, value: &str) -> Header {
