@@ -627,12 +627,20 @@ impl Shared {
             // The queue has room again: wake anyone waiting for it.
             self.wake_waiters(&queue);
             drop(queue);
-            {
+            // Should a sink panic, the writer must live on: loggers waiting for room, and
+            // `flush`, wait for it.
+            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let mut sinks = lock(&self.sinks);
                 let _ = sinks.file.write_records(&bytes, &ends);
                 // The same formatted lines to stderr (a terminal, or journald under systemd):
                 // one formatting for both, where a second simplelog logger would format again.
                 let _ = sinks.echo.write_all(&bytes);
+            }));
+            if written.is_err() {
+                eprintln!(
+                    "wxmp: writing the log panicked; {} lines may be lost",
+                    ends.len()
+                );
             }
             bytes.clear();
             ends.clear();
@@ -1187,6 +1195,46 @@ mod tests {
             2,
             "the first record, then the 100 queued behind it in one batch"
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A sink that panics costs its batch, not the writer: later lines are still written and
+    /// `flush` returns.
+    #[test]
+    fn a_panicking_sink_does_not_stop_the_writer() {
+        struct PanicOnce(bool, RecordBuf);
+        impl Write for PanicOnce {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                if !self.0 {
+                    self.0 = true;
+                    panic!("sink failure (expected by this test)");
+                }
+                self.1.write(buf)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let dir = temp_dir("panicking-sink");
+        let echo = RecordBuf::default();
+        let file = RotatingFile::open(&dir, 1 << 30, 10).unwrap();
+        let logger = FileLogger::new(
+            LevelFilter::Info,
+            bare_config(),
+            file,
+            Box::new(PanicOnce(false, echo.clone())),
+        )
+        .unwrap();
+        emit(&logger, log::Level::Info, "lost to the panic on stderr");
+        logger.flush();
+        emit(&logger, log::Level::Info, "after");
+        logger.flush();
+        assert_eq!(*lock(&echo.0), b"[INFO] after\n");
+        assert_eq!(
+            fs::read_to_string(dir.join(FILE_NAME)).unwrap(),
+            "[INFO] lost to the panic on stderr\n[INFO] after\n"
+        );
+        drop(logger);
         fs::remove_dir_all(&dir).unwrap();
     }
 
