@@ -728,14 +728,15 @@ impl SharedLogger for FileLogger {
 static INITIALISED: Mutex<bool> = Mutex::new(false);
 
 /// Installs the global logger: a simplelog `CombinedLogger` of one logger that formats each
-/// record once (simplelog's `WriteLogger` format) and writes the whole line to a
-/// [`RotatingFile`] in `settings.dir` and to stderr.
+/// record once (simplelog's `WriteLogger` format) and queues the whole line for its writer
+/// thread, which writes it to a [`RotatingFile`] in `settings.dir` and to stderr.
 ///
 /// Both write lines like `2026-11-24T15:30:12.345678+08:00 [INFO ] wxmp::server: message` at
 /// `settings.level` and above; stderr gets no colours. Times are local when the local offset can
 /// be determined (it usually can before other threads start), otherwise UTC; the offset is
 /// always printed. Returns `Err` saying what to fix if the log directory or file cannot be
-/// created, if `max_size` is 0, or if a logger is already installed (a second call).
+/// created, if `max_size` is 0, if the writer thread cannot be started, or if a logger is
+/// already installed (a second call).
 pub fn init(settings: &LogSettings) -> Result<(), String> {
     let mut done = lock(&INITIALISED);
     if *done {
