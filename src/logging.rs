@@ -505,6 +505,13 @@ struct Queue {
     waiting: usize,
     /// The logger is gone: the writer writes what is queued and ends.
     closed: bool,
+    /// The writer thread ended unexpectedly (a panic outside the sinks): records are dropped
+    /// rather than queued for nobody, and `flush` does not wait.
+    gone: bool,
+    /// Records ever queued, and ever written (or lost to a panicking sink): `flush` waits for
+    /// the records queued before it, not for an empty queue that busy loggers may never leave.
+    queued_total: u64,
+    written_total: u64,
 }
 
 /// What the loggers and the writer thread share.
@@ -601,6 +608,19 @@ impl Shared {
     /// The writer thread: sleeps until records are queued, lets more gather, writes them as
     /// one batch; ends once the logger is closed and everything queued is written.
     fn write_batches(&self) {
+        /// Should the writer itself unwind, nobody may wait for it any more.
+        struct Gone<'a>(&'a Shared);
+        impl Drop for Gone<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    let mut queue = lock(&self.0.queue);
+                    queue.gone = true;
+                    queue.writing = false;
+                    self.0.written.notify_all();
+                }
+            }
+        }
+        let _gone = Gone(self);
         let (mut bytes, mut ends) = (Vec::new(), Vec::new());
         let mut queue = lock(&self.queue);
         loop {
@@ -637,11 +657,14 @@ impl Shared {
                 let _ = sinks.echo.write_all(&bytes);
             }));
             if written.is_err() {
-                eprintln!(
+                // Not `eprintln!`, which panics itself when stderr is gone.
+                let _ = writeln!(
+                    io::stderr(),
                     "wxmp: writing the log panicked; {} lines may be lost",
                     ends.len()
                 );
             }
+            let batch = ends.len() as u64;
             bytes.clear();
             ends.clear();
             // A burst may have grown the batch: keep no more than a quiet server needs.
@@ -649,6 +672,7 @@ impl Shared {
             ends.shrink_to(KEEP_BATCH_BYTES / 64);
             queue = lock(&self.queue);
             queue.writing = false;
+            queue.written_total += batch;
             self.wake_waiters(&queue);
         }
     }
@@ -683,12 +707,17 @@ impl Log for FileLogger {
         let mut queue = lock(&shared.queue);
         // Backpressure: when the sinks are slower than the loggers, wait for the writer rather
         // than queue without bound. (The writer never takes the formatting lock held here.)
-        while queue.bytes.len() >= MAX_QUEUED_BYTES && !queue.closed {
+        while queue.bytes.len() >= MAX_QUEUED_BYTES && !queue.closed && !queue.gone {
             queue = shared.wait_for_writer(queue);
+        }
+        if queue.gone {
+            formatted.clear();
+            return;
         }
         queue.bytes.extend_from_slice(&formatted);
         let end = queue.bytes.len();
         queue.ends.push(end);
+        queue.queued_total += 1;
         formatted.clear();
         if queue.asleep {
             // Only the first record of a batch wakes the writer.
@@ -700,7 +729,8 @@ impl Log for FileLogger {
     fn flush(&self) {
         let shared = &*self.shared;
         let mut queue = lock(&shared.queue);
-        while !queue.bytes.is_empty() || queue.writing {
+        let target = queue.queued_total;
+        while queue.written_total < target && !queue.gone {
             queue = shared.wait_for_writer(queue);
         }
         drop(queue);
@@ -1219,22 +1249,132 @@ mod tests {
         let dir = temp_dir("panicking-sink");
         let echo = RecordBuf::default();
         let file = RotatingFile::open(&dir, 1 << 30, 10).unwrap();
-        let logger = FileLogger::new(
-            LevelFilter::Info,
-            bare_config(),
-            file,
-            Box::new(PanicOnce(false, echo.clone())),
-        )
-        .unwrap();
+        let logger: Arc<FileLogger> = Arc::from(
+            FileLogger::new(
+                LevelFilter::Info,
+                bare_config(),
+                file,
+                Box::new(PanicOnce(false, echo.clone())),
+            )
+            .unwrap(),
+        );
+        // A dead writer would make `flush` wait for ever: fail instead of hanging.
+        let flush_within = |logger: &Arc<FileLogger>| {
+            let (done, flushed) = std::sync::mpsc::channel();
+            let logger = Arc::clone(logger);
+            std::thread::spawn(move || {
+                logger.flush();
+                let _ = done.send(());
+            });
+            flushed
+                .recv_timeout(Duration::from_secs(10))
+                .expect("flush did not return: the writer stopped");
+        };
         emit(&logger, log::Level::Info, "lost to the panic on stderr");
-        logger.flush();
+        flush_within(&logger);
         emit(&logger, log::Level::Info, "after");
-        logger.flush();
+        flush_within(&logger);
         assert_eq!(*lock(&echo.0), b"[INFO] after\n");
         assert_eq!(
             fs::read_to_string(dir.join(FILE_NAME)).unwrap(),
             "[INFO] lost to the panic on stderr\n[INFO] after\n"
         );
+        drop(logger);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Once the writer is gone, loggers drop their lines instead of waiting for room that never
+    /// comes, and `flush` returns.
+    #[test]
+    fn loggers_do_not_wait_for_a_writer_that_is_gone() {
+        let dir = temp_dir("gone");
+        let file = RotatingFile::open(&dir, 1 << 30, 10).unwrap();
+        let logger: Arc<FileLogger> = Arc::from(
+            FileLogger::new(LevelFilter::Info, bare_config(), file, Box::new(io::sink())).unwrap(),
+        );
+        // Hold the sinks: the writer takes one batch and then cannot drain any more.
+        let sinks = lock(&logger.shared.sinks);
+        let (done, finished) = std::sync::mpsc::channel();
+        {
+            let logger = Arc::clone(&logger);
+            std::thread::spawn(move || {
+                // Twice the backpressure limit: this thread ends up waiting for room.
+                for i in 0..(2 * MAX_QUEUED_BYTES / 100) {
+                    emit(
+                        &logger,
+                        log::Level::Info,
+                        &format!("{i:05} {}", "x".repeat(90)),
+                    );
+                }
+                let _ = done.send(());
+            });
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lock(&logger.shared.queue).bytes.len() < MAX_QUEUED_BYTES {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the queue never filled"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(finished.try_recv().is_err(), "the logger was not held back");
+        // What the writer's unwinding guard does.
+        {
+            let mut queue = lock(&logger.shared.queue);
+            queue.gone = true;
+            logger.shared.written.notify_all();
+        }
+        finished
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a logger waited for a writer that is gone");
+        drop(sinks);
+        let (done, flushed) = std::sync::mpsc::channel();
+        {
+            let logger = Arc::clone(&logger);
+            std::thread::spawn(move || {
+                logger.flush();
+                let _ = done.send(());
+            });
+        }
+        flushed
+            .recv_timeout(Duration::from_secs(10))
+            .expect("flush waited for a writer that is gone");
+        drop(logger);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `flush` waits for the lines logged before it, not for a moment when nobody logs.
+    #[test]
+    fn flush_returns_while_another_thread_keeps_logging() {
+        let dir = temp_dir("busy-flush");
+        let file = RotatingFile::open(&dir, 1 << 30, 10).unwrap();
+        let logger: Arc<FileLogger> = Arc::from(
+            FileLogger::new(LevelFilter::Info, bare_config(), file, Box::new(io::sink())).unwrap(),
+        );
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let chatter = {
+            let (logger, stop) = (Arc::clone(&logger), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    emit(&logger, log::Level::Info, "chatter");
+                }
+            })
+        };
+        emit(&logger, log::Level::Info, "before the flush");
+        let (done, flushed) = std::sync::mpsc::channel();
+        {
+            let logger = Arc::clone(&logger);
+            std::thread::spawn(move || {
+                logger.flush();
+                let _ = done.send(());
+            });
+        }
+        let result = flushed.recv_timeout(Duration::from_secs(10));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        chatter.join().unwrap();
+        result.expect("flush waited for the logging to stop");
+        let text = fs::read_to_string(dir.join(FILE_NAME)).unwrap();
+        assert!(text.contains("[INFO] before the flush\n"));
         drop(logger);
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -1247,6 +1387,15 @@ mod tests {
         let logger =
             FileLogger::new(LevelFilter::Info, bare_config(), file, Box::new(io::sink())).unwrap();
         for round in 0..3 {
+            // Only once the writer sleeps does the record have to wake it.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !lock(&logger.shared.queue).asleep {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the writer never slept"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
             emit(&logger, log::Level::Info, &format!("alone {round}"));
             let want: String = (0..=round).map(|r| format!("[INFO] alone {r}\n")).collect();
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -1257,8 +1406,6 @@ mod tests {
                 );
                 std::thread::sleep(Duration::from_millis(1));
             }
-            // Let the writer fall asleep again before the next record.
-            std::thread::sleep(Duration::from_millis(20));
         }
         drop(logger);
         fs::remove_dir_all(&dir).unwrap();

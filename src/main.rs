@@ -251,6 +251,15 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Flushes the log when dropped, unwinding included.
+struct FlushLogOnExit;
+
+impl Drop for FlushLogOnExit {
+    fn drop(&mut self) {
+        wxmp::logging::flush();
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().is_some_and(|a| a == "send") {
@@ -278,11 +287,10 @@ fn main() -> ExitCode {
     match cli.command.as_str() {
         "check" => check(&path),
         _ => {
-            let code = serve(&path);
-            // Every exit path, early errors included: the log writer thread may still hold
-            // the last lines.
-            wxmp::logging::flush();
-            code
+            // On every way out of `serve`, an early error or a panic included: the log writer
+            // thread may still hold the last lines.
+            let _flush = FlushLogOnExit;
+            serve(&path)
         }
     }
 }
