@@ -1190,6 +1190,24 @@ mod tests {
             .build()
     }
 
+    /// A shared logger of bare lines into a fresh `wxmp.log` in `dir`, echoing to `echo`.
+    fn shared_logger(dir: &Path, echo: Box<dyn Write + Send>) -> Arc<FileLogger> {
+        let file = RotatingFile::open(dir, 1 << 30, 10).unwrap();
+        Arc::from(FileLogger::new(LevelFilter::Info, bare_config(), file, echo).unwrap())
+    }
+
+    /// Runs `flush` on another thread; `Err` if it has not returned within 10 s (a writer that
+    /// stopped would make it wait for ever: the test fails instead of hanging).
+    fn flush_within_10s(logger: &Arc<FileLogger>) -> Result<(), std::sync::mpsc::RecvTimeoutError> {
+        let (done, flushed) = std::sync::mpsc::channel();
+        let logger = Arc::clone(logger);
+        std::thread::spawn(move || {
+            logger.flush();
+            let _ = done.send(());
+        });
+        flushed.recv_timeout(Duration::from_secs(10))
+    }
+
     /// Records logged while the writer is busy go out together: one `write` per sink for the
     /// whole batch, not one per record.
     #[test]
@@ -1248,32 +1266,11 @@ mod tests {
         }
         let dir = temp_dir("panicking-sink");
         let echo = RecordBuf::default();
-        let file = RotatingFile::open(&dir, 1 << 30, 10).unwrap();
-        let logger: Arc<FileLogger> = Arc::from(
-            FileLogger::new(
-                LevelFilter::Info,
-                bare_config(),
-                file,
-                Box::new(PanicOnce(false, echo.clone())),
-            )
-            .unwrap(),
-        );
-        // A dead writer would make `flush` wait for ever: fail instead of hanging.
-        let flush_within = |logger: &Arc<FileLogger>| {
-            let (done, flushed) = std::sync::mpsc::channel();
-            let logger = Arc::clone(logger);
-            std::thread::spawn(move || {
-                logger.flush();
-                let _ = done.send(());
-            });
-            flushed
-                .recv_timeout(Duration::from_secs(10))
-                .expect("flush did not return: the writer stopped");
-        };
+        let logger = shared_logger(&dir, Box::new(PanicOnce(false, echo.clone())));
         emit(&logger, log::Level::Info, "lost to the panic on stderr");
-        flush_within(&logger);
+        flush_within_10s(&logger).expect("flush did not return: the writer stopped");
         emit(&logger, log::Level::Info, "after");
-        flush_within(&logger);
+        flush_within_10s(&logger).expect("flush did not return: the writer stopped");
         assert_eq!(*lock(&echo.0), b"[INFO] after\n");
         assert_eq!(
             fs::read_to_string(dir.join(FILE_NAME)).unwrap(),
@@ -1288,10 +1285,7 @@ mod tests {
     #[test]
     fn loggers_do_not_wait_for_a_writer_that_is_gone() {
         let dir = temp_dir("gone");
-        let file = RotatingFile::open(&dir, 1 << 30, 10).unwrap();
-        let logger: Arc<FileLogger> = Arc::from(
-            FileLogger::new(LevelFilter::Info, bare_config(), file, Box::new(io::sink())).unwrap(),
-        );
+        let logger = shared_logger(&dir, Box::new(io::sink()));
         // Hold the sinks: the writer takes one batch and then cannot drain any more.
         let sinks = lock(&logger.shared.sinks);
         let (done, finished) = std::sync::mpsc::channel();
@@ -1328,17 +1322,7 @@ mod tests {
             .recv_timeout(Duration::from_secs(10))
             .expect("a logger waited for a writer that is gone");
         drop(sinks);
-        let (done, flushed) = std::sync::mpsc::channel();
-        {
-            let logger = Arc::clone(&logger);
-            std::thread::spawn(move || {
-                logger.flush();
-                let _ = done.send(());
-            });
-        }
-        flushed
-            .recv_timeout(Duration::from_secs(10))
-            .expect("flush waited for a writer that is gone");
+        flush_within_10s(&logger).expect("flush waited for a writer that is gone");
         drop(logger);
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -1347,10 +1331,7 @@ mod tests {
     #[test]
     fn flush_returns_while_another_thread_keeps_logging() {
         let dir = temp_dir("busy-flush");
-        let file = RotatingFile::open(&dir, 1 << 30, 10).unwrap();
-        let logger: Arc<FileLogger> = Arc::from(
-            FileLogger::new(LevelFilter::Info, bare_config(), file, Box::new(io::sink())).unwrap(),
-        );
+        let logger = shared_logger(&dir, Box::new(io::sink()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let chatter = {
             let (logger, stop) = (Arc::clone(&logger), Arc::clone(&stop));
@@ -1361,15 +1342,7 @@ mod tests {
             })
         };
         emit(&logger, log::Level::Info, "before the flush");
-        let (done, flushed) = std::sync::mpsc::channel();
-        {
-            let logger = Arc::clone(&logger);
-            std::thread::spawn(move || {
-                logger.flush();
-                let _ = done.send(());
-            });
-        }
-        let result = flushed.recv_timeout(Duration::from_secs(10));
+        let result = flush_within_10s(&logger);
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         chatter.join().unwrap();
         result.expect("flush waited for the logging to stop");
