@@ -14,19 +14,21 @@ pub fn sign(parts: &[&str]) -> String {
 /// nothing (every allocation under load may wait for an allocator lock).
 fn sign_hex(parts: &[&str]) -> [u8; 40] {
     let mut hasher = sha1_smol::Sha1::new();
-    let mut few = [""; 4];
-    if let Some(sorted) = few.get_mut(..parts.len()) {
-        sorted.copy_from_slice(parts);
-        sorted.sort_unstable();
-        for part in sorted {
-            hasher.update(part.as_bytes());
+    // WeChat signs 3 or 4 parts: sorted in place on the stack; more only in a `Vec`.
+    let (mut few, mut many) = ([""; 4], Vec::new());
+    let sorted: &mut [&str] = match few.get_mut(..parts.len()) {
+        Some(few) => {
+            few.copy_from_slice(parts);
+            few
         }
-    } else {
-        let mut sorted = parts.to_vec();
-        sorted.sort_unstable();
-        for part in sorted {
-            hasher.update(part.as_bytes());
+        None => {
+            many.extend_from_slice(parts);
+            &mut many
         }
+    };
+    sorted.sort_unstable();
+    for part in sorted.iter() {
+        hasher.update(part.as_bytes());
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut hex = [0u8; 40];
