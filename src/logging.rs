@@ -496,8 +496,6 @@ struct Queue {
     bytes: Vec<u8>,
     /// Where each record in `bytes` ends.
     ends: Vec<usize>,
-    /// The writer holds a batch it has not finished writing.
-    writing: bool,
     /// The writer waits on `queued` for a first record (so that only the logger that queues
     /// that record wakes it, with one system call, and the others do not).
     asleep: bool,
@@ -615,7 +613,6 @@ impl Shared {
                 if std::thread::panicking() {
                     let mut queue = lock(&self.0.queue);
                     queue.gone = true;
-                    queue.writing = false;
                     self.0.written.notify_all();
                 }
             }
@@ -643,7 +640,6 @@ impl Shared {
             // Swap the buffers so that neither side allocates once both have grown.
             std::mem::swap(&mut queue.bytes, &mut bytes);
             std::mem::swap(&mut queue.ends, &mut ends);
-            queue.writing = true;
             // The queue has room again: wake anyone waiting for it.
             self.wake_waiters(&queue);
             drop(queue);
@@ -671,7 +667,6 @@ impl Shared {
             bytes.shrink_to(KEEP_BATCH_BYTES);
             ends.shrink_to(KEEP_BATCH_BYTES / 64);
             queue = lock(&self.queue);
-            queue.writing = false;
             queue.written_total += batch;
             self.wake_waiters(&queue);
         }
@@ -1050,7 +1045,7 @@ mod tests {
         {
             let queue = lock(&logger.shared.queue);
             assert!(
-                queue.bytes.is_empty() && !queue.writing,
+                queue.bytes.is_empty() && queue.written_total == queue.queued_total,
                 "a record was left queued after flush"
             );
         }
@@ -1131,9 +1126,10 @@ mod tests {
         let line = |i: usize| format!("record {i:05} {}", "x".repeat(100));
         let emit_line =
             move |logger: &FileLogger, i: usize| emit(logger, log::Level::Info, &line(i));
-        // The first record gets the writer thread stuck in the gate.
+        // The first record gets the writer thread stuck in the gate (it has taken the record
+        // once the queue is empty).
         emit_line(&logger, 0);
-        while !lock(&logger.shared.queue).writing {
+        while !lock(&logger.shared.queue).bytes.is_empty() {
             std::thread::yield_now();
         }
         let done = Arc::new(std::sync::atomic::AtomicUsize::new(1));
@@ -1226,7 +1222,7 @@ mod tests {
         // Hold the sinks: the writer takes the first record and then waits for them.
         let sinks = lock(&logger.shared.sinks);
         emit(&logger, log::Level::Info, "first");
-        while !lock(&logger.shared.queue).writing {
+        while !lock(&logger.shared.queue).bytes.is_empty() {
             std::thread::yield_now();
         }
         for i in 0..100 {
