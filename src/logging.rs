@@ -1108,20 +1108,7 @@ mod tests {
         let dir = temp_dir("stalled");
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let echo = RecordBuf::default();
-        let config = ConfigBuilder::new()
-            .set_time_level(LevelFilter::Off)
-            .set_target_level(LevelFilter::Off)
-            .build();
-        let file = RotatingFile::open(&dir, 1 << 30, 10).unwrap();
-        let logger: Arc<FileLogger> = Arc::from(
-            FileLogger::new(
-                LevelFilter::Info,
-                config,
-                file,
-                Box::new(Gate(Arc::clone(&gate), echo.clone())),
-            )
-            .unwrap(),
-        );
+        let logger = shared_logger(&dir, Box::new(Gate(Arc::clone(&gate), echo.clone())));
         const RECORDS: usize = 4000;
         let line = |i: usize| format!("record {i:05} {}", "x".repeat(100));
         let emit_line =
@@ -1211,14 +1198,7 @@ mod tests {
         let dir = temp_dir("batch");
         let echo = RecordBuf::default();
         let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let file = RotatingFile::open(&dir, 1 << 30, 10).unwrap();
-        let logger = FileLogger::new(
-            LevelFilter::Info,
-            bare_config(),
-            file,
-            Box::new(Counted(echo.clone(), Arc::clone(&writes))),
-        )
-        .unwrap();
+        let logger = shared_logger(&dir, Box::new(Counted(echo.clone(), Arc::clone(&writes))));
         // Hold the sinks: the writer takes the first record and then waits for them.
         let sinks = lock(&logger.shared.sinks);
         emit(&logger, log::Level::Info, "first");
@@ -1352,9 +1332,7 @@ mod tests {
     #[test]
     fn a_lone_record_is_written_without_a_flush() {
         let dir = temp_dir("lone");
-        let file = RotatingFile::open(&dir, 1 << 30, 10).unwrap();
-        let logger =
-            FileLogger::new(LevelFilter::Info, bare_config(), file, Box::new(io::sink())).unwrap();
+        let logger = shared_logger(&dir, Box::new(io::sink()));
         for round in 0..3 {
             // Only once the writer sleeps does the record have to wake it.
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
