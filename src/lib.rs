@@ -5,7 +5,8 @@
 //! [`config`] loads `wxmp.toml`, [`dedup`] makes retries idempotent, [`logging`] writes
 //! rotated logs and [`server`] ties them to a tiny_http recv loop. [`command`] checks the
 //! `[[command]]` tables, [`router`] answers with them, [`exec`] runs their programs and
-//! [`pending`] keeps results that missed WeChat's last try for the user's next message.
+//! [`pending`] keeps results that missed WeChat's last try for the user's next message;
+//! [`watchdog`] and [`strands`] keep tiny_http answering.
 
 pub mod command;
 pub mod config;
@@ -20,4 +21,5 @@ pub mod router;
 pub mod send;
 pub mod server;
 pub mod signature;
+pub mod strands;
 pub mod watchdog;

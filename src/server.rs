@@ -5,8 +5,8 @@
 //! fixed text); anything that waits (a body still on the wire, a slow command, a retry waiting
 //! for its first try) moves to its own thread, so one slow request never holds up another.
 //! tiny_http's own weak spots (docs/tiny_http-upstream.md) are worked around here: its
-//! connection pool is kept warm ([`warm_pool`]) and a huge `Content-Length` is never drained
-//! ([`DRAIN_LIMIT`]).
+//! connection pool is kept warm ([`warm_pool`]), connections it strands are rescued
+//! ([`strands`]) and a huge `Content-Length` is never drained ([`DRAIN_LIMIT`]).
 
 use crate::config::Config;
 use crate::crypto::{self, CryptoError, MsgCrypt};
@@ -16,6 +16,7 @@ use crate::pending::{self, Pending};
 use crate::reply::Reply;
 use crate::router::{Handler, Route};
 use crate::signature;
+use crate::strands;
 use log::{error, info, warn};
 use std::borrow::Cow;
 use std::io::{Read, Write};
@@ -50,13 +51,14 @@ pub const ABANDON_LIMIT: usize = 512;
 pub const MAX_DETACHED: usize = 4096;
 
 /// Idle connection threads made ready in tiny_http's pool at start (see [`warm_pool`]): the
-/// moment after a restart, when WeChat's retries of everything missed arrive together.
-pub const WARM_AT_START: usize = 256;
+/// moment after a restart, when WeChat's retries of everything missed arrive together. A burst
+/// of up to this many keep-alive connections is served at once; connections of a larger one
+/// that tiny_http strands are rescued within ~0.2 s ([`strands`]). Kept small because every
+/// idle thread holds memory (~20 KiB: its stack and its allocator cache).
+pub const WARM_AT_START: usize = 32;
 
-/// Idle connection threads kept ready from then on. Fewer than at start: every idle thread
-/// holds some memory (its stack, its allocator cache), and behind nginx, which opens a
-/// connection per request, a stranded connection is picked up within a request's time anyway.
-pub const KEEP_WARM: usize = 64;
+/// Idle connection threads kept ready from then on (re-warmed every [`REWARM_EVERY`]).
+pub const KEEP_WARM: usize = 16;
 
 /// How often the pool is warmed again: tiny_http ends a spare idle thread after 5 s.
 pub const REWARM_EVERY: Duration = Duration::from_secs(4);
@@ -321,16 +323,36 @@ fn warm_pool_for(addr: SocketAddr, wanted: usize) {
     }
 }
 
-/// Warms the pool again every [`REWARM_EVERY`], until the server stops.
+/// Until the server stops: rescues stranded connections every [`strands::SWEEP_EVERY`] and warms
+/// the pool again every [`REWARM_EVERY`].
 fn keep_warm(app: &App, addr: SocketAddr) {
+    let mut sweeper = Some(strands::Sweeper::new(addr));
     let mut next = Instant::now() + REWARM_EVERY;
+    let mut pause = strands::SWEEP_EVERY;
     while !app.stopping.load(Ordering::SeqCst) {
-        if Instant::now() < next {
-            thread::sleep(Duration::from_millis(100));
-            continue;
+        thread::sleep(pause);
+        pause = strands::SWEEP_EVERY;
+        if let Some(s) = sweeper.as_mut() {
+            match s.sweep() {
+                Ok(done) => {
+                    pause = done.next_look();
+                    if done.rescued > 0 {
+                        info!(
+                            "rescued {} connection(s) tiny_http left unread (docs/tiny_http-upstream.md, defect 1)",
+                            done.rescued
+                        );
+                    }
+                }
+                Err(e) => {
+                    warn!("cannot look for stranded connections ({e}); only the warm pool is left against them");
+                    sweeper = None;
+                }
+            }
         }
-        warm_pool_for(addr, KEEP_WARM);
-        next = Instant::now() + REWARM_EVERY;
+        if Instant::now() >= next {
+            warm_pool_for(addr, KEEP_WARM);
+            next = Instant::now() + REWARM_EVERY;
+        }
     }
 }
 

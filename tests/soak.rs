@@ -783,7 +783,7 @@ fn soak() {
     let w = Wxmp::start_in(&dir, &["serve", "--config", "wxmp.toml"], &[]);
     let pid = w.pid();
     let start = Instant::now();
-    // wxmp warms 256 idle connection threads at start; let that settle before the baseline.
+    // wxmp warms 32 idle connection threads at start; let that settle before the baseline.
     std::thread::sleep(Duration::from_secs(2));
     let baseline = sample(pid, start);
     println!(
@@ -921,7 +921,7 @@ fn soak() {
     let (fd1, fd2) = (max_of(&first, |s| s.fds), max_of(&last, |s| s.fds));
     let (th1, th2) = (max_of(&first, |s| s.threads), max_of(&last, |s| s.threads));
     // RSS tolerance: 10% + 4 MiB. After warm-up the retry table (≤ 4096 answers of ~1 KiB
-    // with key and slot, ≤ 4 MiB) and the 64 warm connection threads are at their plateau, but
+    // with key and slot, ≤ 4 MiB) and the 16 warm connection threads are at their plateau, but
     // glibc's per-thread arenas can still take a few MiB more when a new thread lands on a new
     // arena, and samples are instants. A leak of 100 bytes per request at ~300 requests/s
     // grows RSS by ~9 MiB over the last half of a 600 s run, which this catches; a 60 s run
@@ -933,7 +933,7 @@ fn soak() {
     // A leak of one fd per 1000 requests adds ~50 over the last half of a 600 s run.
     let fd_limit = fd1 + 32;
     // Thread tolerance: +32: one thread per open connection and per waiting retry, a job
-    // thread per slow program, and tiny_http's idle pool, which wxmp re-warms to 64 every 4 s.
+    // thread per slow program, and tiny_http's idle pool, which wxmp re-warms to 16 every 4 s.
     let th_limit = th1 + 32;
     // Least-squares RSS slope of each half, for the record (not asserted).
     let slope = |v: &[Sample]| {
