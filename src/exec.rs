@@ -1,17 +1,17 @@
 //! Running a command's program: directly (never through a shell), in its own process group, with
 //! a deadline after which the whole group is killed.
 //!
-//! stdout and stderr are read on their own threads, so a program that writes a lot cannot block
-//! on a full pipe while wxmp waits for it to exit; each is captured up to [`OUTPUT_CAP`] bytes
-//! (the rest is read and dropped).
+//! stdout and stderr are read as they fill while wxmp waits for the program (`poll` on the run's
+//! own thread, no thread per pipe), so a program that writes a lot cannot block on a full pipe;
+//! each is captured up to [`OUTPUT_CAP`] bytes (the rest is read and dropped).
 
+use std::fs::File;
 use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -123,40 +123,75 @@ pub fn running() -> usize {
     RUNNING.load(Ordering::SeqCst)
 }
 
-/// Captured bytes of one pipe, shared with its reader thread.
-type Captured = Arc<Mutex<Vec<u8>>>;
-
-/// Reads `pipe` to its end on a new thread, keeping the first [`OUTPUT_CAP`] bytes; `done` gets
-/// a message at the end.
-fn drain(mut pipe: impl Read + Send + 'static, done: mpsc::Sender<()>) -> Captured {
-    let out: Captured = Arc::default();
-    let buf = Arc::clone(&out);
-    let spawned = thread::Builder::new()
-        .name("wxmp-pipe".into())
-        .spawn(move || {
-            let mut chunk = [0u8; 8192];
-            loop {
-                match pipe.read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        let mut b = buf.lock().unwrap_or_else(PoisonError::into_inner);
-                        let room = OUTPUT_CAP.saturating_sub(b.len());
-                        b.extend_from_slice(&chunk[..n.min(room)]);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
-            }
-            let _ = done.send(());
-        });
-    if let Err(e) = spawned {
-        log::error!("cannot start a pipe reader thread: {e}");
-    }
-    out
+/// One of the program's output pipes and the bytes kept from it.
+struct Capture {
+    /// Open until its end (or a read error).
+    pipe: Option<File>,
+    kept: Vec<u8>,
 }
 
-fn text(c: &Captured) -> String {
-    String::from_utf8_lossy(&c.lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
+impl Capture {
+    fn new(pipe: Option<impl Into<OwnedFd>>) -> Capture {
+        Capture {
+            pipe: pipe.map(|p| File::from(p.into())),
+            kept: Vec::new(),
+        }
+    }
+
+    /// Reads what the pipe holds (called when `poll` says it is readable, so it does not block),
+    /// keeping the first [`OUTPUT_CAP`] bytes; closes it at its end.
+    fn read_ready(&mut self) {
+        let Some(pipe) = self.pipe.as_mut() else {
+            return;
+        };
+        let mut chunk = [0u8; 8192];
+        match pipe.read(&mut chunk) {
+            Ok(0) => self.pipe = None,
+            Ok(n) => {
+                let room = OUTPUT_CAP.saturating_sub(self.kept.len());
+                self.kept.extend_from_slice(&chunk[..n.min(room)]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => self.pipe = None,
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.kept).into_owned()
+    }
+}
+
+/// Waits up to `timeout` for output on the pipes still open and reads what came; with none
+/// open, just waits.
+fn pump(captures: &mut [Capture; 2], timeout: Duration) {
+    let mut fds = [libc::pollfd {
+        fd: -1,
+        events: libc::POLLIN,
+        revents: 0,
+    }; 2];
+    for (pfd, c) in fds.iter_mut().zip(captures.iter()) {
+        // A negative fd is ignored by poll: a closed pipe's slot stays -1.
+        pfd.fd = c.pipe.as_ref().map_or(-1, |p| p.as_raw_fd());
+    }
+    if fds.iter().all(|p| p.fd < 0) {
+        thread::sleep(timeout);
+        return;
+    }
+    let ms = libc::c_int::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: poll reads and writes exactly the two pollfd structs of the array we pass.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+    if rc < 0 {
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            // Not expected with two valid fds; wait rather than spin.
+            thread::sleep(timeout);
+        }
+        return;
+    }
+    for (pfd, c) in fds.iter().zip(captures.iter_mut()) {
+        if pfd.fd >= 0 && pfd.revents != 0 {
+            c.read_ready();
+        }
+    }
 }
 
 /// Kills every process of group `pgid` (the program and whatever it started).
@@ -213,14 +248,14 @@ pub fn run(job: &Job) -> Output {
         }
     };
     let pgid = child.id();
-    let (tx, done) = mpsc::channel();
-    let stdout = child.stdout.take().map(|p| drain(p, tx.clone()));
-    let stderr = child.stderr.take().map(|p| drain(p, tx.clone()));
-    drop(tx);
-    let readers = usize::from(stdout.is_some()) + usize::from(stderr.is_some());
+    let mut captures = [
+        Capture::new(child.stdout.take()),
+        Capture::new(child.stderr.take()),
+    ];
 
-    // Poll rather than wait on another thread: while try_wait says "running", the child is not
-    // reaped, so its pid (the group id) cannot have been reused when the group is killed.
+    // Check with try_wait between reads rather than wait: while try_wait says "running", the
+    // child is not reaped, so its pid (the group id) cannot have been reused when the group is
+    // killed. A program ending closes its pipes, which ends the read's wait at once.
     let mut pause = Duration::from_millis(1);
     let status = loop {
         match child.try_wait() {
@@ -244,26 +279,24 @@ pub fn run(job: &Job) -> Output {
             let _ = child.wait();
             break Status::TimedOut;
         }
-        thread::sleep(pause.min(deadline - now));
+        pump(&mut captures, pause.min(deadline - now));
         pause = (pause * 2).min(Duration::from_millis(10));
     };
-    // The program is gone; what it started may still hold the pipes. Wait for the readers up to
-    // the deadline, then kill the rest of the group and keep what was read.
-    let mut ended = 0;
-    while ended < readers {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match done.recv_timeout(left) {
-            Ok(()) => ended += 1,
-            Err(_) => {
-                kill_group(pgid);
-                break;
-            }
+    // The program is gone; what it started may still hold the pipes. Read them up to the
+    // deadline, then kill the rest of the group and keep what was read.
+    while captures.iter().any(|c| c.pipe.is_some()) {
+        let now = Instant::now();
+        if now >= deadline {
+            kill_group(pgid);
+            break;
         }
+        pump(&mut captures, deadline - now);
     }
+    let [stdout, stderr] = captures;
     Output {
         status,
-        stdout: stdout.as_ref().map(text).unwrap_or_default(),
-        stderr: stderr.as_ref().map(text).unwrap_or_default(),
+        stdout: stdout.text(),
+        stderr: stderr.text(),
         elapsed: start.elapsed(),
     }
 }
@@ -307,6 +340,35 @@ mod tests {
         let o = sh("head -c 3000000 /dev/zero | tr '\\0' x", 10_000);
         assert_eq!(o.status, Status::Exited(0));
         assert_eq!(o.stdout.len(), OUTPUT_CAP);
+    }
+
+    #[test]
+    fn both_pipes_are_read_while_the_program_runs() {
+        // Each write is larger than a pipe holds (64 KiB): the program finishes only if wxmp
+        // reads stderr and stdout while it runs, in whichever order it writes them.
+        let o = sh(
+            "head -c 300000 /dev/zero | tr '\\0' e >&2; head -c 300000 /dev/zero | tr '\\0' o; echo end >&2",
+            10_000,
+        );
+        assert_eq!(o.status, Status::Exited(0));
+        assert_eq!(o.stdout, "o".repeat(300_000));
+        assert_eq!(o.stderr, format!("{}end\n", "e".repeat(300_000)));
+    }
+
+    #[test]
+    fn output_of_what_the_program_left_running_is_read_until_the_deadline() {
+        // The program exits at once; the process it started keeps stdout open, writes once more
+        // and would live on: its output up to the deadline is kept, then its group is killed.
+        let t = Instant::now();
+        let o = sh(
+            "echo first; (sleep 0.2; echo second; sleep 30) & exit 0",
+            1000,
+        );
+        assert_eq!(o.status, Status::Exited(0));
+        assert_eq!(o.stdout, "first\nsecond\n");
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(900), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
     }
 
     #[test]
