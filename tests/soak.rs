@@ -904,7 +904,7 @@ fn soak() {
 
     // ------------------------------------------------------------ flatness
     // Warm-up: the first quarter of the run (at most 60 s). By then the retry table has reached
-    // its plateau (4096 answers, or 30 s worth) and the allocator its working set.
+    // its plateau (1024 answers, or 30 s worth) and the allocator its working set.
     let warm = (secs as f64 / 4.0).min(60.0) + 2.0;
     let mid = warm + (load_secs + 2.0 - warm) / 2.0;
     let first: Vec<Sample> = samples
@@ -920,8 +920,8 @@ fn soak() {
     let (rss1, rss2) = (max_of(&first, |s| s.rss_kib), max_of(&last, |s| s.rss_kib));
     let (fd1, fd2) = (max_of(&first, |s| s.fds), max_of(&last, |s| s.fds));
     let (th1, th2) = (max_of(&first, |s| s.threads), max_of(&last, |s| s.threads));
-    // RSS tolerance: 10% + 4 MiB. After warm-up the retry table (≤ 4096 answers of ~1 KiB
-    // with key and slot, ≤ 4 MiB) and the 16 warm connection threads are at their plateau, but
+    // RSS tolerance: 10% + 4 MiB. After warm-up the retry table (≤ 1024 answers of ~1 KiB
+    // with key and slot, ≤ 1 MiB) and the 16 warm connection threads are at their plateau, but
     // glibc's per-thread arenas can still take a few MiB more when a new thread lands on a new
     // arena, and samples are instants. A leak of 100 bytes per request at ~300 requests/s
     // grows RSS by ~9 MiB over the last half of a 600 s run, which this catches; a 60 s run
