@@ -849,11 +849,15 @@ fn first_try(app: &Arc<App>, req: Request, msg: Message, ticket: Ticket<Answer>,
             log_answer(&msg, &answer, &ctx, "");
         }
         Route::Later(job) => {
-            // The job completes the ticket; the request itself waits like a retry would.
-            let watch = ticket.watch();
+            // The job's own thread completes the ticket, then answers this try (retries wait
+            // for the same answer in `repeated_try`). It needs no time limit of its own: the
+            // only slow work is a program, killed at its `timeout` (at most 14 s).
+            app.detached.fetch_add(1, Ordering::SeqCst);
             let app2 = Arc::clone(app);
             let msg2 = msg.clone();
-            let seal = ctx.seal.clone();
+            // The request goes through a channel, not the closure: if the thread cannot be
+            // started, the closure is dropped, and the request with it would be answered 500.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(Request, Ctx)>(1);
             let spawned = thread::Builder::new()
                 .name("wxmp-job".into())
                 .spawn(move || {
@@ -865,15 +869,30 @@ fn first_try(app: &Arc<App>, req: Request, msg: Message, ticket: Ticket<Answer>,
                         Reply::Success
                     });
                     let key = msg2.dedup_key();
+                    let Ok((req, ctx)) = rx.recv() else {
+                        app2.detached.fetch_sub(1, Ordering::SeqCst);
+                        return;
+                    };
+                    let mut answer = None;
                     app2.pending.finish(&key, &msg2.from_user, reply, |reply| {
-                        ticket.complete(render(&reply, &msg2, seal.as_deref()));
+                        let rendered = render(&reply, &msg2, ctx.seal.as_deref());
+                        ticket.complete(rendered.clone());
+                        answer = Some(rendered);
                     });
+                    answer_repeat(req, &msg2, answer, &ctx, "");
+                    app2.detached.fetch_sub(1, Ordering::SeqCst);
                 });
-            if let Err(e) = spawned {
-                error!("cannot start a job thread: {e}; answered success");
-                return respond_answer(req, &render(&Reply::Success, &msg, None));
+            match spawned {
+                Ok(_) => {
+                    // The channel has room for it and the thread holds the receiver.
+                    let _ = tx.send((req, ctx));
+                }
+                Err(e) => {
+                    app.detached.fetch_sub(1, Ordering::SeqCst);
+                    error!("cannot start a job thread: {e}; answered success");
+                    respond_answer(req, &render(&Reply::Success, &msg, None));
+                }
             }
-            repeated_try(app, req, msg, watch, ctx);
         }
     }
 }
