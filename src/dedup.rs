@@ -21,10 +21,10 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 /// (4,096 cost 1.2 MiB more peak RSS under load than 1,024: docs/benchmarks.md).
 pub const DEFAULT_CAPACITY: usize = 1024;
 
-/// How many bytes of answers are remembered at most: 1 MiB is ~3000 plain answers, more than
-/// [`DEFAULT_CAPACITY`] holds; it binds only for long answers (1024 encrypted 2 KiB texts would
-/// be 2.8 MiB).
-pub const DEFAULT_BYTE_BUDGET: usize = 1 << 20;
+/// How many bytes of answers are remembered at most: 512 KiB hold 1024 plain answers (~300 bytes
+/// each), so it binds only for long ones, and still every retry of answers of up to 2 KiB (2.8 KiB
+/// encrypted) up to ~12 new messages a second over WeChat's 15 s of tries.
+pub const DEFAULT_BYTE_BUDGET: usize = 512 << 10;
 
 /// The size of a remembered answer, for the byte budget.
 pub trait Weigh {
