@@ -328,25 +328,16 @@ fn warm_pool_for(addr: SocketAddr, wanted: usize) {
 fn keep_warm(app: &App, addr: SocketAddr) {
     let mut sweeper = Some(strands::Sweeper::new(addr));
     let mut next = Instant::now() + REWARM_EVERY;
-    let mut pause = strands::SWEEP_EVERY;
     while !app.stopping.load(Ordering::SeqCst) {
-        thread::sleep(pause);
-        pause = strands::SWEEP_EVERY;
-        if let Some(s) = sweeper.as_mut() {
-            match s.sweep() {
-                Ok(done) => {
-                    pause = done.next_look();
-                    if done.rescued > 0 {
-                        info!(
-                            "rescued {} connection(s) tiny_http left unread (docs/tiny_http-upstream.md, defect 1)",
-                            done.rescued
-                        );
-                    }
-                }
-                Err(e) => {
-                    warn!("cannot look for stranded connections ({e}); only the warm pool is left against them");
-                    sweeper = None;
-                }
+        thread::sleep(strands::SWEEP_EVERY);
+        match sweeper.as_mut().map(strands::Sweeper::sweep) {
+            None | Some(Ok(0)) => {}
+            Some(Ok(n)) => info!(
+                "rescued {n} connection(s) tiny_http left unread (docs/tiny_http-upstream.md, defect 1)"
+            ),
+            Some(Err(e)) => {
+                warn!("cannot look for stranded connections ({e}); only the warm pool is left against them");
+                sweeper = None;
             }
         }
         if Instant::now() >= next {

@@ -4,9 +4,11 @@
 //!
 //! Two facts of that pool make a rescue possible from outside it: a connection accepted while the
 //! pool has no idle thread gets a new thread, and a thread whose connection ends takes the oldest
-//! queued one. So the [`Sweeper`] looks for accepted connections whose received bytes stay
-//! unread, and for each opens one connection to the server and closes it at once: the thread
-//! started for it ends it at once and picks up the stranded one. This costs nothing while
+//! queued one. So the [`Sweeper`] looks for accepted connections holding received bytes that
+//! nobody has read since they arrived [`STALE_AFTER`] ago (a served connection's thread reads
+//! within microseconds, or a few milliseconds on a busy machine), and for each opens one
+//! connection to the server and closes it at once: the thread started for it ends it at once and
+//! picks up the stranded one. This costs nothing while
 //! nothing is stranded (a look at the process's own sockets every few hundred milliseconds), so
 //! wxmp needs few idle threads kept ready, each of which holds memory.
 
@@ -15,12 +17,14 @@ use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-/// How often a server's sockets are looked at.
+/// How often a server's sockets are looked at: a stranded connection waits at most about
+/// `SWEEP_EVERY + STALE_AFTER`.
 pub const SWEEP_EVERY: Duration = Duration::from_millis(200);
 
-/// When a look finds a connection unread for the first time, the next look comes this soon: a
-/// stranded connection waits about `SWEEP_EVERY + CONFIRM_AFTER` at most.
-pub const CONFIRM_AFTER: Duration = Duration::from_millis(20);
+/// Received bytes still unread this long after they arrived mark a connection as stranded. Not
+/// shorter: under full load on two cores a served connection's thread can wait ~20 ms for a CPU,
+/// and whatever a false alarm costs (an idle thread for 5 s) is small.
+pub const STALE_AFTER: Duration = Duration::from_millis(50);
 
 /// Rescue connections a connection is given at most: a connection that stays unread after that
 /// is not stranded but held by something the rescue cannot help (e.g. an abandoned request).
@@ -36,6 +40,9 @@ pub struct Unread {
     pub inode: u64,
     /// Bytes received and not yet read.
     pub bytes: usize,
+    /// How long ago the connection last received data (`TCP_INFO`): how long the unread bytes
+    /// have waited, at least.
+    pub waited: Duration,
 }
 
 /// The process's accepted TCP connections on local `port` with unread received bytes.
@@ -65,8 +72,15 @@ pub fn unread_connections(port: u16) -> io::Result<Vec<Unread>> {
             Some(n) if n > 0 => n,
             _ => continue,
         };
-        if is_stream(fd) && local_port(fd) == Some(port) {
-            found.push(Unread { inode, bytes });
+        if !is_stream(fd) || local_port(fd) != Some(port) {
+            continue;
+        }
+        if let Some(waited) = since_data_received(fd) {
+            found.push(Unread {
+                inode,
+                bytes,
+                waited,
+            });
         }
     }
     Ok(found)
@@ -110,6 +124,25 @@ fn is_stream(fd: libc::c_int) -> bool {
     rc == 0 && kind == libc::SOCK_STREAM
 }
 
+/// How long ago TCP socket `fd` last received data (`tcpi_last_data_recv`, milliseconds).
+fn since_data_received(fd: libc::c_int) -> Option<Duration> {
+    // SAFETY: an all-zero tcp_info is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: TCP_INFO writes at most `len` bytes into the struct we pass (older kernels fewer;
+    // the field used here has been there since Linux 2.6).
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then(|| Duration::from_millis(u64::from(info.tcpi_last_data_recv)))
+}
+
 /// The local port of an IPv4 or IPv6 socket.
 fn local_port(fd: libc::c_int) -> Option<u16> {
     // SAFETY: an all-zero sockaddr_storage is a valid value.
@@ -134,34 +167,14 @@ fn local_port(fd: libc::c_int) -> Option<u16> {
     }
 }
 
-/// What one [`Sweeper::sweep`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Sweep {
-    /// Rescue connections opened.
-    pub rescued: usize,
-    /// Connections unread for the first time at this look: look again after [`CONFIRM_AFTER`].
-    pub suspects: usize,
-}
-
-impl Sweep {
-    /// How long to wait before the next look.
-    pub fn next_look(&self) -> Duration {
-        if self.suspects > 0 {
-            CONFIRM_AFTER
-        } else {
-            SWEEP_EVERY
-        }
-    }
-}
-
-/// Finds stranded connections of one server and rescues them: call [`Sweeper::sweep`] again
-/// after [`Sweep::next_look`].
+/// Finds stranded connections of one server and rescues them: call [`Sweeper::sweep`] every
+/// [`SWEEP_EVERY`].
 pub struct Sweeper {
     port: u16,
     /// Where rescue connections go (loopback for a wildcard listen address).
     target: SocketAddr,
-    /// Connections unread at the last look, with the rescues each has had.
-    unread: HashMap<u64, u32>,
+    /// Connections found stranded at the last look, with the rescues each has had.
+    stranded: HashMap<u64, u32>,
 }
 
 impl Sweeper {
@@ -170,32 +183,27 @@ impl Sweeper {
         Sweeper {
             port: listen.port(),
             target: crate::watchdog::probe_addr(listen),
-            unread: HashMap::new(),
+            stranded: HashMap::new(),
         }
     }
 
-    /// One look: a connection unread at this look and the one before is taken as stranded (a
-    /// thread serving its connection reads within microseconds) and gets a rescue connection.
-    pub fn sweep(&mut self) -> io::Result<Sweep> {
+    /// One look: every connection whose unread bytes have waited [`STALE_AFTER`] gets a rescue
+    /// connection, at most [`MAX_RESCUES`] over the looks it stays so. Returns how many rescue
+    /// connections were opened.
+    pub fn sweep(&mut self) -> io::Result<usize> {
         let now = unread_connections(self.port)?;
-        let mut next = HashMap::with_capacity(now.len());
-        let mut done = Sweep::default();
-        for u in now {
-            let given = match self.unread.get(&u.inode) {
-                None => {
-                    done.suspects += 1;
-                    0
-                }
-                Some(&n) if n < MAX_RESCUES && done.rescued < MAX_PER_SWEEP && self.rescue() => {
-                    done.rescued += 1;
-                    n + 1
-                }
-                Some(&n) => n,
-            };
-            next.insert(u.inode, given);
+        let mut stranded = HashMap::with_capacity(now.len());
+        let mut rescued = 0;
+        for u in now.iter().filter(|u| u.waited >= STALE_AFTER) {
+            let mut given = self.stranded.get(&u.inode).copied().unwrap_or(0);
+            if given < MAX_RESCUES && rescued < MAX_PER_SWEEP && self.rescue() {
+                given += 1;
+                rescued += 1;
+            }
+            stranded.insert(u.inode, given);
         }
-        self.unread = next;
-        Ok(done)
+        self.stranded = stranded;
+        Ok(rescued)
     }
 
     /// Opens a connection to the server and closes it at once; false if it could not connect.
@@ -257,33 +265,34 @@ mod tests {
     }
 
     /// A server that, like tiny_http's pool with every thread busy, accepts but never reads:
-    /// the sweeper rescues a connection unread at two looks running, at most MAX_RESCUES times.
+    /// the sweeper leaves fresh bytes alone, rescues the connection once they have waited
+    /// STALE_AFTER, and gives up after MAX_RESCUES.
     #[test]
-    fn a_connection_unread_at_two_looks_gets_a_rescue_and_at_most_three() {
+    fn a_connection_unread_for_stale_after_gets_a_rescue_and_at_most_three() {
         let (l, port) = listener();
         let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let (_accepted, _) = l.accept().unwrap();
-        client.write_all(b"GET / HTTP/1.1\r\n").unwrap();
-        thread::sleep(Duration::from_millis(50));
+        l.set_nonblocking(true).unwrap();
         let mut sweeper = Sweeper::new(l.local_addr().unwrap());
-        let first = sweeper.sweep().unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+        thread::sleep(Duration::from_millis(5));
         assert_eq!(
-            first,
-            Sweep {
-                rescued: 0,
-                suspects: 1
-            },
-            "first look: not yet taken as stranded"
+            sweeper.sweep().unwrap(),
+            0,
+            "bytes 5 ms old are not stranded"
         );
-        assert_eq!(first.next_look(), CONFIRM_AFTER);
+        thread::sleep(STALE_AFTER + Duration::from_millis(20));
+        let found = unread_connections(port).unwrap();
+        assert!(found[0].waited >= STALE_AFTER, "{found:?}");
         let mut rescues = Vec::new();
         for _ in 0..5 {
-            let sweep = sweeper.sweep().unwrap();
-            assert_eq!((sweep.suspects, sweep.next_look()), (0, SWEEP_EVERY));
-            rescues.push(sweep.rescued);
-            // The rescue connections reach the listener's backlog; nobody serves them here.
-            l.set_nonblocking(true).unwrap();
-            while l.accept().is_ok() {}
+            rescues.push(sweeper.sweep().unwrap());
+            // Each rescue connection reached the listener's backlog: nobody serves it here.
+            let mut backlog = 0;
+            while l.accept().is_ok() {
+                backlog += 1;
+            }
+            assert_eq!(backlog, *rescues.last().unwrap());
         }
         assert_eq!(rescues, vec![1, 1, 1, 0, 0]);
     }
