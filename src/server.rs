@@ -53,7 +53,7 @@ pub const MAX_DETACHED: usize = 4096;
 /// Idle connection threads made ready in tiny_http's pool at start (see [`warm_pool`]): the
 /// moment after a restart, when WeChat's retries of everything missed arrive together. A burst
 /// of up to this many keep-alive connections is served at once; connections of a larger one
-/// that tiny_http strands are rescued within ~0.2 s ([`strands`]). Kept small because every
+/// that tiny_http strands are rescued within ~0.25 s ([`strands`]). Kept small because every
 /// idle thread holds memory (~20 KiB: its stack and its allocator cache).
 pub const WARM_AT_START: usize = 32;
 
@@ -327,17 +327,37 @@ fn warm_pool_for(addr: SocketAddr, wanted: usize) {
 /// the pool again every [`REWARM_EVERY`].
 fn keep_warm(app: &App, addr: SocketAddr) {
     let mut sweeper = Some(strands::Sweeper::new(addr));
+    let mut failing = false;
     let mut next = Instant::now() + REWARM_EVERY;
     while !app.stopping.load(Ordering::SeqCst) {
         thread::sleep(strands::SWEEP_EVERY);
         match sweeper.as_mut().map(strands::Sweeper::sweep) {
-            None | Some(Ok(0)) => {}
-            Some(Ok(n)) => info!(
-                "rescued {n} connection(s) tiny_http left unread (docs/tiny_http-upstream.md, defect 1)"
-            ),
-            Some(Err(e)) => {
-                warn!("cannot look for stranded connections ({e}); only the warm pool is left against them");
+            None => {}
+            Some(Ok(n)) => {
+                failing = false;
+                if n > 0 {
+                    info!("rescued {n} connection(s) tiny_http left unread (docs/tiny_http-upstream.md, defect 1)");
+                }
+            }
+            // No /proc here (or not ours to read): it will not come back.
+            Some(Err(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                warn!("cannot look for stranded connections in /proc/self/fd ({e}); only the warm pool is left against them");
                 sweeper = None;
+            }
+            // Out of file descriptors, most likely: try again next time, say so once.
+            Some(Err(e)) => {
+                if !failing {
+                    warn!(
+                        "cannot look for stranded connections now ({e}); trying again every {:?}",
+                        strands::SWEEP_EVERY
+                    );
+                }
+                failing = true;
             }
         }
         if Instant::now() >= next {
