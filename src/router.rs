@@ -268,28 +268,19 @@ impl Router {
 /// The text of a `file` command: the file's text trimmed, or [`NO_DATA`] (with a log line) when
 /// it is missing, unreadable or empty. Read at each request: nothing is cached.
 fn read_data(c: &Command, path: &Path) -> String {
-    // Only regular files: opening a FIFO or a device could block the recv loop.
-    if path.metadata().is_ok_and(|m| !m.is_file()) {
-        error!(
-            "command #{}: {} is not a regular file; answered {NO_DATA}",
-            c.index,
-            path.display()
-        );
-        return NO_DATA.to_string();
-    }
-    let mut bytes = Vec::new();
-    let read =
-        std::fs::File::open(path).and_then(|f| f.take(FILE_READ_LIMIT).read_to_end(&mut bytes));
-    match read {
-        Ok(_) => {
-            let text = String::from_utf8_lossy(&bytes);
-            let text = text.trim();
-            if text.is_empty() {
-                warn!("command #{}: {} is empty", c.index, path.display());
-                NO_DATA.to_string()
-            } else {
-                text.to_string()
-            }
+    match read_regular(path) {
+        Ok(Some(text)) if !text.trim().is_empty() => trimmed(text),
+        Ok(Some(_)) => {
+            warn!("command #{}: {} is empty", c.index, path.display());
+            NO_DATA.to_string()
+        }
+        Ok(None) => {
+            error!(
+                "command #{}: {} is not a regular file; answered {NO_DATA}",
+                c.index,
+                path.display()
+            );
+            NO_DATA.to_string()
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             warn!(
@@ -304,6 +295,37 @@ fn read_data(c: &Command, path: &Path) -> String {
             NO_DATA.to_string()
         }
     }
+}
+
+/// The first [`FILE_READ_LIMIT`] bytes of `path` as text (invalid UTF-8 replaced), or `None` if
+/// it is not a regular file. Opened without blocking (opening a FIFO for reading would wait for
+/// a writer) and read into a buffer of the file's size: one `read`, not one per doubling.
+fn read_regular(path: &Path) -> std::io::Result<Option<String>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    let size = usize::try_from(meta.len().min(FILE_READ_LIMIT)).unwrap_or(0);
+    let mut bytes = Vec::with_capacity(size);
+    (&mut file).take(FILE_READ_LIMIT).read_to_end(&mut bytes)?;
+    Ok(Some(match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }))
+}
+
+/// `text` without its leading and trailing whitespace, reusing its buffer.
+fn trimmed(mut text: String) -> String {
+    let end = text.trim_end().len();
+    text.truncate(end);
+    let start = text.len() - text.trim_start().len();
+    text.drain(..start);
+    text
 }
 
 /// The most stderr lines of one run copied to the log.
@@ -397,5 +419,37 @@ impl Handler for Router {
             Some(said) => self.route_text(msg, &said),
             None => self.default_reply(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trimmed_drops_surrounding_whitespace_only() {
+        assert_eq!(trimmed("  \n新闻 a b\n\n".to_string()), "新闻 a b");
+        assert_eq!(trimmed("x".to_string()), "x");
+        assert_eq!(trimmed(" \t\n".to_string()), "");
+    }
+
+    #[test]
+    fn read_regular_reads_text_up_to_the_limit() {
+        let dir = std::env::temp_dir().join(format!("wxmp-read-regular-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let small = dir.join("small.txt");
+        std::fs::write(&small, b"ok \xff end").unwrap();
+        assert_eq!(
+            read_regular(&small).unwrap().as_deref(),
+            Some("ok \u{fffd} end")
+        );
+        let big = dir.join("big.txt");
+        let limit = usize::try_from(FILE_READ_LIMIT).unwrap();
+        std::fs::write(&big, "y".repeat(limit + 10)).unwrap();
+        assert_eq!(read_regular(&big).unwrap().map(|t| t.len()), Some(limit));
+        assert_eq!(read_regular(&dir).unwrap(), None, "a directory is not read");
+        let missing = read_regular(&dir.join("missing")).unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
