@@ -107,40 +107,33 @@ fn unread_bytes(fd: libc::c_int) -> Option<usize> {
     usize::try_from(n).ok()
 }
 
-/// Whether `fd` is a stream (TCP) socket, not a datagram one that may share the port number.
-fn is_stream(fd: libc::c_int) -> bool {
-    let mut kind: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: SO_TYPE writes one int; `len` says how much room it has.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&raw mut kind).cast(),
-            &mut len,
-        )
-    };
-    rc == 0 && kind == libc::SOCK_STREAM
+/// Socket option `name` at `level` of `fd`, read into a `T`.
+///
+/// # Safety
+/// `T` must be the C type the option is (an integer or a plain struct), which is valid when
+/// all zero and for which a shorter answer from an older kernel leaves the rest zero.
+unsafe fn sockopt<T>(fd: libc::c_int, level: libc::c_int, name: libc::c_int) -> Option<T> {
+    // SAFETY: the caller promises all-zero bytes are a valid T.
+    let mut value: T = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<T>()).ok()?;
+    // SAFETY: getsockopt writes at most `len` bytes into the value we pass.
+    let rc = unsafe { libc::getsockopt(fd, level, name, (&raw mut value).cast(), &mut len) };
+    (rc == 0).then_some(value)
 }
 
-/// How long ago TCP socket `fd` last received data (`tcpi_last_data_recv`, milliseconds).
+/// Whether `fd` is a stream (TCP) socket, not a datagram one that may share the port number.
+fn is_stream(fd: libc::c_int) -> bool {
+    // SAFETY: SO_TYPE is an int.
+    let kind: Option<libc::c_int> = unsafe { sockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE) };
+    kind == Some(libc::SOCK_STREAM)
+}
+
+/// How long ago TCP socket `fd` last received data (`tcpi_last_data_recv`, milliseconds; the
+/// field has been there since Linux 2.6).
 fn since_data_received(fd: libc::c_int) -> Option<Duration> {
-    // SAFETY: an all-zero tcp_info is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: TCP_INFO writes at most `len` bytes into the struct we pass (older kernels fewer;
-    // the field used here has been there since Linux 2.6).
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then(|| Duration::from_millis(u64::from(info.tcpi_last_data_recv)))
+    // SAFETY: TCP_INFO is a struct tcp_info.
+    let info: libc::tcp_info = unsafe { sockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO) }?;
+    Some(Duration::from_millis(u64::from(info.tcpi_last_data_recv)))
 }
 
 /// The local port of an IPv4 or IPv6 socket.
