@@ -8,9 +8,10 @@
 //! nobody has read since they arrived [`STALE_AFTER`] ago (a served connection's thread reads
 //! within microseconds, or a few milliseconds on a busy machine), and for each opens one
 //! connection to the server and closes it at once: the thread started for it ends it at once and
-//! picks up the stranded one. This costs nothing while
-//! nothing is stranded (a look at the process's own sockets every few hundred milliseconds), so
-//! wxmp needs few idle threads kept ready, each of which holds memory.
+//! picks up the stranded one. While nothing is stranded a look costs two system calls per open
+//! file descriptor (tiny_http holds two per connection) every [`SWEEP_EVERY`]: ~20,000 a second
+//! with 1,000 connections open, next to nothing on a quiet server. In exchange wxmp needs few
+//! idle threads kept ready, each of which holds memory.
 
 use std::collections::HashMap;
 use std::io;
