@@ -268,12 +268,12 @@ impl Router {
 /// The text of a `file` command: the file's text trimmed, or [`NO_DATA`] (with a log line) when
 /// it is missing, unreadable or empty. Read at each request: nothing is cached.
 fn read_data(c: &Command, path: &Path) -> String {
-    match read_regular(path) {
-        Ok(Some(text)) if !text.trim().is_empty() => trimmed(text),
-        Ok(Some(_)) => {
+    match read_regular(path).map(|text| text.map(trimmed)) {
+        Ok(Some(text)) if text.is_empty() => {
             warn!("command #{}: {} is empty", c.index, path.display());
             NO_DATA.to_string()
         }
+        Ok(Some(text)) => text,
         Ok(None) => {
             error!(
                 "command #{}: {} is not a regular file; answered {NO_DATA}",
