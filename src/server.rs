@@ -561,29 +561,49 @@ fn handle(app: &Arc<App>, req: Request) {
     if !body_is_lazy(&req) || app.detached.load(Ordering::SeqCst) >= MAX_DETACHED {
         return handle_now(app, req);
     }
+    if let Err((req, e)) = detach(app, "wxmp-body", req, handle_now) {
+        error!("cannot start a thread for a request body: {e}; reading it on the recv loop");
+        handle_now(app, req);
+    }
+}
+
+/// Counts a detached thread in [`App::detached`] for as long as it lives, panics included.
+struct Detached(Arc<App>);
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        self.0.detached.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs `work(payload)` on a thread of its own named `name`, counted in [`App::detached`] (which
+/// shutdown waits for). The payload, a request with what answering it needs, goes to the thread
+/// through a channel rather than in the closure: if the thread cannot be started it comes back
+/// with the error, still unanswered, instead of being dropped with the closure (tiny_http would
+/// answer a dropped request 500).
+fn detach<T: Send + 'static>(
+    app: &Arc<App>,
+    name: &str,
+    payload: T,
+    work: impl FnOnce(&Arc<App>, T) + Send + 'static,
+) -> Result<(), (T, std::io::Error)> {
     app.detached.fetch_add(1, Ordering::SeqCst);
-    let app2 = Arc::clone(app);
-    // The request goes to the thread through a channel, not the closure: if the thread cannot
-    // be started, the closure is dropped, and the request with it would be answered 500.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Request>(1);
-    let spawned = thread::Builder::new()
-        .name("wxmp-body".into())
-        .spawn(move || {
-            if let Ok(req) = rx.recv() {
-                handle_now(&app2, req);
-            }
-            app2.detached.fetch_sub(1, Ordering::SeqCst);
-        });
+    let count = Detached(Arc::clone(app));
+    let (tx, rx) = std::sync::mpsc::sync_channel::<T>(1);
+    let spawned = thread::Builder::new().name(name.into()).spawn(move || {
+        if let Ok(payload) = rx.recv() {
+            work(&count.0, payload);
+        }
+        drop(count);
+    });
     match spawned {
         Ok(_) => {
             // The channel has room for it and the thread holds the receiver: this cannot fail.
-            let _ = tx.send(req);
+            let _ = tx.send(payload);
+            Ok(())
         }
-        Err(e) => {
-            app.detached.fetch_sub(1, Ordering::SeqCst);
-            error!("cannot start a thread for a request body: {e}; reading it on the recv loop");
-            handle_now(app, req);
-        }
+        // The closure, and `count` with it, is already dropped: the count is back.
+        Err(e) => Err((payload, e)),
     }
 }
 
@@ -863,46 +883,27 @@ fn first_try(app: &Arc<App>, req: Request, msg: Message, ticket: Ticket<Answer>,
             // The job's own thread completes the ticket, then answers this try (retries wait
             // for the same answer in `repeated_try`). It needs no time limit of its own: the
             // only slow work is a program, killed at its `timeout` (at most 14 s).
-            app.detached.fetch_add(1, Ordering::SeqCst);
-            let app2 = Arc::clone(app);
             let msg2 = msg.clone();
-            // The request goes through a channel, not the closure: if the thread cannot be
-            // started, the closure is dropped, and the request with it would be answered 500.
-            let (tx, rx) = std::sync::mpsc::sync_channel::<(Request, Ctx)>(1);
-            let spawned = thread::Builder::new()
-                .name("wxmp-job".into())
-                .spawn(move || {
-                    let reply = catch_unwind(AssertUnwindSafe(job)).unwrap_or_else(|_| {
-                        error!(
-                            "slow job panicked on a message from {}; answered success",
-                            msg2.from_user
-                        );
-                        Reply::Success
-                    });
-                    let key = msg2.dedup_key();
-                    let Ok((req, ctx)) = rx.recv() else {
-                        app2.detached.fetch_sub(1, Ordering::SeqCst);
-                        return;
-                    };
-                    let mut answer = None;
-                    app2.pending.finish(&key, &msg2.from_user, reply, |reply| {
+            let detached = detach(app, "wxmp-job", (req, ctx), move |app, (req, ctx)| {
+                let reply = catch_unwind(AssertUnwindSafe(job)).unwrap_or_else(|_| {
+                    error!(
+                        "slow job panicked on a message from {}; answered success",
+                        msg2.from_user
+                    );
+                    Reply::Success
+                });
+                let mut answer = None;
+                app.pending
+                    .finish(&msg2.dedup_key(), &msg2.from_user, reply, |reply| {
                         let rendered = render(&reply, &msg2, ctx.seal.as_deref());
                         ticket.complete(rendered.clone());
                         answer = Some(rendered);
                     });
-                    answer_repeat(req, &msg2, answer, &ctx, "");
-                    app2.detached.fetch_sub(1, Ordering::SeqCst);
-                });
-            match spawned {
-                Ok(_) => {
-                    // The channel has room for it and the thread holds the receiver.
-                    let _ = tx.send((req, ctx));
-                }
-                Err(e) => {
-                    app.detached.fetch_sub(1, Ordering::SeqCst);
-                    error!("cannot start a job thread: {e}; answered success");
-                    respond_answer(req, &render(&Reply::Success, &msg, None));
-                }
+                answer_repeat(req, &msg2, answer, &ctx, "");
+            });
+            if let Err(((req, _), e)) = detached {
+                error!("cannot start a job thread: {e}; answered success");
+                respond_answer(req, &render(&Reply::Success, &msg, None));
             }
         }
     }
@@ -919,17 +920,14 @@ fn repeated_try(app: &Arc<App>, req: Request, msg: Message, repeat: Repeat<Answe
         return answer_repeat(req, &msg, repeat.wait(Duration::ZERO), &ctx, &note);
     }
     // Waiting can take seconds: do it off the recv loop.
-    app.detached.fetch_add(1, Ordering::SeqCst);
-    let app2 = Arc::clone(app);
-    let spawned = thread::Builder::new()
-        .name("wxmp-wait".into())
-        .spawn(move || {
+    let work =
+        move |app: &Arc<App>, (req, msg, repeat, ctx): (Request, Message, Repeat<Answer>, Ctx)| {
             let answer = if is_last_try(repeat.attempt, repeat.since_first()) {
                 // WeChat stops trying after this one: answer within this try's deadline.
                 let left = (ctx.start + ANSWER_WITHIN).saturating_duration_since(Instant::now());
                 match repeat.wait(left) {
                     Some(answer) => Some(answer),
-                    None => give_up(&app2, &msg, &repeat, ctx.seal.as_deref()),
+                    None => give_up(app, &msg, &repeat, ctx.seal.as_deref()),
                 }
             } else {
                 // Keep the connection until the work is done: answering `success` early would
@@ -937,10 +935,9 @@ fn repeated_try(app: &Arc<App>, req: Request, msg: Message, repeat: Repeat<Answe
                 repeat.wait(SLOW_WORK_LIMIT)
             };
             answer_repeat(req, &msg, answer, &ctx, &note);
-            app2.detached.fetch_sub(1, Ordering::SeqCst);
-        });
-    if let Err(e) = spawned {
-        app.detached.fetch_sub(1, Ordering::SeqCst);
+        };
+    if let Err((_, e)) = detach(app, "wxmp-wait", (req, msg, repeat, ctx), work) {
+        // The request is dropped unanswered (tiny_http answers 500): WeChat will try again.
         error!("cannot start a waiting thread: {e}");
     }
 }
