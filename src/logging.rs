@@ -974,12 +974,8 @@ mod tests {
     fn file_logger_keeps_multi_line_records_whole() {
         let dir = temp_dir("multiline");
         let file = RotatingFile::open(&dir, 120, 10).unwrap();
-        let config = ConfigBuilder::new()
-            .set_time_level(LevelFilter::Off)
-            .set_target_level(LevelFilter::Off)
-            .build();
         let logger =
-            FileLogger::new(LevelFilter::Info, config, file, Box::new(io::sink())).unwrap();
+            FileLogger::new(LevelFilter::Info, bare_config(), file, Box::new(io::sink())).unwrap();
         let emit = |level: log::Level, msg: &str| emit(&logger, level, msg);
         // 41 bytes.
         emit(log::Level::Info, "first line\nsecond line\nthird line");
