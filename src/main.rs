@@ -261,6 +261,8 @@ impl Drop for FlushLogOnExit {
 }
 
 fn main() -> ExitCode {
+    // Before any thread or allocation of note: it is process-wide.
+    wxmp::server::tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().is_some_and(|a| a == "send") {
         return ExitCode::from(wxmp::send::run(&args[1..]));
