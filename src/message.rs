@@ -5,7 +5,7 @@
 //! its name and every raw field, because WeChat adds new types over time and a server that
 //! rejects them would break the day they appear.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 /// A parsed inbound message or event.
 #[derive(Debug, Clone, PartialEq)]
@@ -477,7 +477,15 @@ impl Message {
                 self.field("Event").unwrap_or_default().trim(),
                 self.field("EventKey").unwrap_or_default().trim()
             ),
-            (_, Some(id)) => format!("id|{}|{id}", self.from_user),
+            (_, Some(id)) => {
+                // Sized up front (20 digits at most): this runs for every message.
+                let mut key = String::with_capacity(self.from_user.len() + 24);
+                key.push_str("id|");
+                key.push_str(&self.from_user);
+                key.push('|');
+                let _ = write!(key, "{id}");
+                key
+            }
         }
     }
 
@@ -530,11 +538,14 @@ impl Message {
             Kind::Unknown { .. } => "".into(),
         };
         let mut chars = text.chars();
-        let mut cut: String = chars
-            .by_ref()
-            .take(40)
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
+        // Room for 40 characters of up to 4 bytes and the mark, so it never grows.
+        let mut cut = String::with_capacity(text.len().min(160) + '…'.len_utf8());
+        cut.extend(
+            chars
+                .by_ref()
+                .take(40)
+                .map(|c| if c.is_control() { ' ' } else { c }),
+        );
         if chars.next().is_some() {
             cut.push('…');
         }
@@ -595,5 +606,22 @@ mod tests {
     fn voice_recognition_is_said_without_trailing_punctuation() {
         let m = parse("<xml><FromUserName>u</FromUserName><MsgType>voice</MsgType><MediaId>m</MediaId><Format>amr</Format><Recognition>天气。</Recognition><MsgId>5</MsgId></xml>").unwrap();
         assert_eq!(m.said().as_deref(), Some("天气"));
+    }
+
+    #[test]
+    fn summary_is_one_line_of_at_most_40_characters() {
+        let text = |content: &str| {
+            Message {
+            kind: Kind::Text {
+                content: content.into(),
+            },
+            ..parse("<xml><FromUserName>u</FromUserName><MsgType>text</MsgType><Content>x</Content><MsgId>5</MsgId></xml>").unwrap()
+        }
+        };
+        assert_eq!(text("天气\n北京").summary(), "天气 北京");
+        let long = "价".repeat(41);
+        assert_eq!(text(&long).summary(), format!("{}…", "价".repeat(40)));
+        assert_eq!(text(&"价".repeat(40)).summary(), "价".repeat(40));
+        assert_eq!(text("").summary(), "");
     }
 }

@@ -551,7 +551,12 @@ impl AsRef<[u8]> for SharedBody {
 fn respond_answer(req: Request, answer: &Answer) {
     let resp = Response::new(
         tiny_http::StatusCode(200),
-        vec![header("Content-Type", answer.content_type())],
+        // Room for the three headers tiny_http adds (Date, Server, Content-Length).
+        {
+            let mut headers = Vec::with_capacity(4);
+            headers.push(header("Content-Type", answer.content_type()));
+            headers
+        },
         std::io::Cursor::new(SharedBody(Arc::clone(&answer.body))),
         Some(answer.body.len()),
         None,
