@@ -241,11 +241,14 @@ impl MsgCrypt {
     ///
     /// Fails only if the OS random number generator fails or `xml` is 4 GiB or longer.
     pub fn encrypt(&self, xml: &str) -> Result<String, CryptoError> {
+        self.encrypt_checked(xml, os_random()?)
+    }
+
+    /// [`MsgCrypt::encrypt_with_prefix`] for an `xml` that fits WeChat's 32-bit length field.
+    fn encrypt_checked(&self, xml: &str, random: [u8; 16]) -> Result<String, CryptoError> {
         if u32::try_from(xml.len()).is_err() {
             return Err(CryptoError::TooLong);
         }
-        let mut random = [0u8; 16];
-        getrandom::fill(&mut random).map_err(|e| CryptoError::Random(e.to_string()))?;
         Ok(self.encrypt_with_prefix(xml, random))
     }
 
@@ -314,15 +317,11 @@ impl MsgCrypt {
     /// passive reply. The 16-byte prefix and the nonce come from one read of the OS random
     /// number generator (one system call a reply instead of two).
     pub fn seal_reply(&self, reply_xml: &str, timestamp: u64) -> Result<String, CryptoError> {
-        if u32::try_from(reply_xml.len()).is_err() {
-            return Err(CryptoError::TooLong);
-        }
-        let mut random = [0u8; 24];
-        getrandom::fill(&mut random).map_err(|e| CryptoError::Random(e.to_string()))?;
+        let random: [u8; 24] = os_random()?;
         let (mut prefix, mut nonce) = ([0u8; 16], [0u8; 8]);
         prefix.copy_from_slice(&random[..16]);
         nonce.copy_from_slice(&random[16..]);
-        let encrypt = self.encrypt_with_prefix(reply_xml, prefix);
+        let encrypt = self.encrypt_checked(reply_xml, prefix)?;
         let nonce = nonce_digits(u64::from_le_bytes(nonce));
         Ok(self.reply_envelope(&encrypt, timestamp, &nonce))
     }
@@ -331,13 +330,19 @@ impl MsgCrypt {
     fn reply_envelope(&self, encrypt: &str, timestamp: u64, nonce: &str) -> String {
         let timestamp = timestamp.to_string();
         let msg_signature = signature::sign(&[&self.token, &timestamp, nonce, encrypt]);
-        format!(
-            "<xml><Encrypt><![CDATA[{encrypt}]]></Encrypt>\
-             <MsgSignature><![CDATA[{msg_signature}]]></MsgSignature>\
-             <TimeStamp>{timestamp}</TimeStamp>\
-             <Nonce><![CDATA[{}]]></Nonce></xml>",
-            cdata_escape(nonce)
-        )
+        // Sized up front (the markup is ~170 bytes): this is written for every sealed reply.
+        let mut xml = String::with_capacity(encrypt.len() + nonce.len() + 200);
+        // `encrypt` is base64: it cannot contain `]]>`.
+        xml.push_str("<xml><Encrypt><![CDATA[");
+        xml.push_str(encrypt);
+        xml.push_str("]]></Encrypt><MsgSignature><![CDATA[");
+        xml.push_str(&msg_signature);
+        xml.push_str("]]></MsgSignature><TimeStamp>");
+        xml.push_str(&timestamp);
+        xml.push_str("</TimeStamp><Nonce>");
+        crate::reply::push_cdata(&mut xml, nonce);
+        xml.push_str("</Nonce></xml>");
+        xml
     }
 
     fn iv(&self) -> [u8; 16] {
@@ -418,9 +423,11 @@ fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
-/// Makes `s` safe inside `<![CDATA[…]]>` by splitting every `]]>`.
-fn cdata_escape(s: &str) -> String {
-    s.replace("]]>", "]]]]><![CDATA[>")
+/// `N` bytes from the OS random number generator.
+fn os_random<const N: usize>() -> Result<[u8; N], CryptoError> {
+    let mut random = [0u8; N];
+    getrandom::fill(&mut random).map_err(|e| CryptoError::Random(e.to_string()))?;
+    Ok(random)
 }
 
 /// Parses `xml` with roxmltree (which rejects DTDs by default).
@@ -652,6 +659,15 @@ mod tests {
         let r = parse_encrypted_reply(&xml).unwrap();
         assert_eq!(r.timestamp, "1409735670");
         assert_eq!(r.nonce, "987654321");
+        // The exact envelope WeChat's samples show, field for field.
+        assert_eq!(
+            xml,
+            format!(
+                "<xml><Encrypt><![CDATA[{}]]></Encrypt><MsgSignature><![CDATA[{}]]></MsgSignature>\
+                 <TimeStamp>1409735670</TimeStamp><Nonce><![CDATA[987654321]]></Nonce></xml>",
+                r.encrypt, r.msg_signature
+            )
+        );
         assert_eq!(
             r.msg_signature,
             signature::sign(&[TOKEN, "1409735670", "987654321", &r.encrypt])
