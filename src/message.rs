@@ -611,12 +611,11 @@ mod tests {
     #[test]
     fn summary_is_one_line_of_at_most_40_characters() {
         let text = |content: &str| {
-            Message {
-            kind: Kind::Text {
-                content: content.into(),
-            },
-            ..parse("<xml><FromUserName>u</FromUserName><MsgType>text</MsgType><Content>x</Content><MsgId>5</MsgId></xml>").unwrap()
-        }
+            let xml = format!(
+                "<xml><FromUserName>u</FromUserName><MsgType>text</MsgType>\
+                 <Content><![CDATA[{content}]]></Content><MsgId>5</MsgId></xml>"
+            );
+            parse(&xml).unwrap()
         };
         assert_eq!(text("天气\n北京").summary(), "天气 北京");
         let long = "价".repeat(41);

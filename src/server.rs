@@ -76,8 +76,8 @@ pub const LAST_TRY_AFTER: Duration = Duration::from_millis(9500);
 /// thread starts. Fastbin chunks are never merged with their free neighbours until a larger
 /// request sweeps them, so with tiny_http allocating a request on one thread and wxmp freeing it
 /// on another, each of glibc's 16 arenas kept scattered pages alive: without fastbins peak RSS
-/// under the benchmark's load is ~1 MiB lower (10.0-10.2 -> 8.9-9.2 MiB with a connection per
-/// request) at the same CPU per message (glibc's per-thread cache still serves small requests;
+/// under the benchmark's load is ~1 MiB lower (largest row 10.4-10.5 -> 9.0-9.1 MiB, a
+/// connection per request) at the same CPU per message (glibc's per-thread cache still serves small requests;
 /// docs/benchmarks.md). Returns whether the allocator took the setting; a no-op (`false`) on
 /// other C libraries, such as the static musl build, whose allocator has no fastbins.
 pub fn tune_allocator() -> bool {
@@ -549,14 +549,12 @@ impl AsRef<[u8]> for SharedBody {
 }
 
 fn respond_answer(req: Request, answer: &Answer) {
+    // Room for the three headers tiny_http adds (Date, Server, Content-Length).
+    let mut headers = Vec::with_capacity(4);
+    headers.push(header("Content-Type", answer.content_type()));
     let resp = Response::new(
         tiny_http::StatusCode(200),
-        // Room for the three headers tiny_http adds (Date, Server, Content-Length).
-        {
-            let mut headers = Vec::with_capacity(4);
-            headers.push(header("Content-Type", answer.content_type()));
-            headers
-        },
+        headers,
         std::io::Cursor::new(SharedBody(Arc::clone(&answer.body))),
         Some(answer.body.len()),
         None,
