@@ -233,7 +233,11 @@ impl MsgCrypt {
                 found: String::from_utf8_lossy(shown).into_owned(),
             });
         }
-        String::from_utf8(xml.to_vec()).map_err(|_| CryptoError::Utf8)
+        // The XML is bytes HEADER_LEN.. of the buffer: keep them in place rather than copy.
+        let xml_end = HEADER_LEN + xml.len();
+        data.truncate(xml_end);
+        data.drain(..HEADER_LEN);
+        String::from_utf8(data).map_err(|_| CryptoError::Utf8)
     }
 
     /// Encrypts `xml` for WeChat with a fresh 16-byte prefix from the OS random number
