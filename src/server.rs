@@ -567,7 +567,12 @@ fn respond_answer(req: Request, answer: &Answer) {
 fn body_is_lazy(req: &Request) -> bool {
     let has = |name: &'static str| req.headers().iter().any(|h| h.field.equiv(name));
     let upgrade = req.headers().iter().any(|h| {
-        h.field.equiv("Connection") && h.value.as_str().to_ascii_lowercase().contains("upgrade")
+        // Compared in place: nginx sends a `Connection` header with every request.
+        h.field.equiv("Connection")
+            && h.value
+                .as_bytes()
+                .windows(b"upgrade".len())
+                .any(|w| w.eq_ignore_ascii_case(b"upgrade"))
     });
     upgrade
         || has("Expect")

@@ -1181,6 +1181,32 @@ fn wxmp_mode3_slow_bodies_leave_the_workers_free() {
     assert!(slowest < Duration::from_millis(100), "{slowest:?}");
 }
 
+/// tiny_http also leaves a small body unread when the request says `Connection: Upgrade` (in
+/// any case): 10 such requests with a 100-byte body stalled after 5 bytes leave wxmp's 4
+/// workers free, as the 2000-byte bodies above do.
+#[test]
+fn wxmp_upgrade_requests_with_stalled_small_bodies_leave_the_workers_free() {
+    let _g = serial();
+    let server = ChildServer::wxmp(None, "workers = 4");
+    let mut stalled = Vec::new();
+    for _ in 0..10 {
+        let mut c = Conn::connect(server.addr, Duration::from_secs(5)).expect("connect");
+        c.send(
+            format!(
+                "{}Connection: UpGrade\r\n\r\n<xml>",
+                signed_head(server.addr, 100)
+            )
+            .as_bytes(),
+        )
+        .expect("send head");
+        stalled.push(c);
+    }
+    thread::sleep(Duration::from_millis(200));
+    let slowest = slowest_of_probes(server.addr, 5);
+    eprintln!("slowest of 5 messages during 10 stalled upgrade requests: {slowest:?}");
+    assert!(slowest < Duration::from_millis(100), "{slowest:?}");
+}
+
 /// Mode 4 against wxmp: at the fd limit tiny_http's accept loop dies; wxmp notices, logs why
 /// and exits 70 so that systemd or Baota restart it, instead of living on with a dead port.
 #[test]
