@@ -1182,28 +1182,33 @@ fn wxmp_mode3_slow_bodies_leave_the_workers_free() {
 }
 
 /// tiny_http also leaves a small body unread when the request says `Connection: Upgrade` (in
-/// any case): 10 such requests with a 100-byte body stalled after 5 bytes leave wxmp's 4
-/// workers free, as the 2000-byte bodies above do.
+/// any case), `Expect: 100-continue` or `Transfer-Encoding: chunked`: 10 of each with a
+/// ~100-byte body stalled after 5 bytes leave wxmp's 4 workers free, as the 2000-byte bodies
+/// above do.
 #[test]
-fn wxmp_upgrade_requests_with_stalled_small_bodies_leave_the_workers_free() {
+fn wxmp_upgrade_continue_and_chunked_requests_with_stalled_small_bodies_leave_the_workers_free() {
     let _g = serial();
     let server = ChildServer::wxmp(None, "workers = 4");
+    let sized = signed_head(server.addr, 100);
+    let heads = [
+        format!("{sized}Connection: UpGrade\r\n\r\n<xml>"),
+        format!("{sized}Expect: 100-continue\r\n\r\n<xml>"),
+        format!(
+            "{}Transfer-Encoding: chunked\r\n\r\n64\r\n<xml>",
+            sized.replace("Content-Length: 100\r\n", "")
+        ),
+    ];
     let mut stalled = Vec::new();
-    for _ in 0..10 {
-        let mut c = Conn::connect(server.addr, Duration::from_secs(5)).expect("connect");
-        c.send(
-            format!(
-                "{}Connection: UpGrade\r\n\r\n<xml>",
-                signed_head(server.addr, 100)
-            )
-            .as_bytes(),
-        )
-        .expect("send head");
-        stalled.push(c);
+    for head in &heads {
+        for _ in 0..10 {
+            let mut c = Conn::connect(server.addr, Duration::from_secs(5)).expect("connect");
+            c.send(head.as_bytes()).expect("send head");
+            stalled.push(c);
+        }
     }
-    thread::sleep(Duration::from_millis(200));
+    thread::sleep(Duration::from_millis(300));
     let slowest = slowest_of_probes(server.addr, 5);
-    eprintln!("slowest of 5 messages during 10 stalled upgrade requests: {slowest:?}");
+    eprintln!("slowest of 5 messages during 30 stalled small bodies: {slowest:?}");
     assert!(slowest < Duration::from_millis(100), "{slowest:?}");
 }
 
