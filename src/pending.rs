@@ -229,4 +229,39 @@ mod tests {
             assert_eq!(took.is_some() as usize + p.waiting("oU"), 1);
         }
     }
+
+    /// Orphans message `key` of `openid` and finishes it with `text`: one late result kept.
+    fn late(p: &Pending, key: &str, openid: &str, text: &str) {
+        p.give_up::<()>(key, || None);
+        p.finish(key, openid, Reply::Text(text.into()), |_| {});
+    }
+
+    #[test]
+    fn late_results_are_bounded_per_user_and_in_users() {
+        let p = Pending::default();
+        for i in 0..PER_USER + 2 {
+            late(&p, &format!("k{i}"), "oU", &format!("r{i}"));
+        }
+        assert_eq!(p.waiting("oU"), PER_USER);
+        let Reply::Text(t) = p.attach("oU", Reply::Text("now".into())) else {
+            panic!()
+        };
+        // The oldest two went; the newest PER_USER came, oldest first.
+        assert!(!t.contains("r0") && !t.contains("r1"), "{t}");
+        assert!(t.starts_with("上次的结果：r2"), "{t}");
+        assert!(t.contains(&format!("r{}", PER_USER + 1)), "{t}");
+
+        for u in 0..MAX_USERS {
+            late(&p, &format!("u{u}"), &format!("o{u}"), "r");
+        }
+        late(&p, "one-too-many", "oNew", "r");
+        assert_eq!(
+            p.waiting("oNew"),
+            0,
+            "the table is full: dropped, not grown"
+        );
+        // A user already in the table still gets theirs kept.
+        late(&p, "again", "o0", "r2");
+        assert_eq!(p.waiting("o0"), 2);
+    }
 }
