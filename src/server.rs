@@ -77,9 +77,10 @@ pub const LAST_TRY_AFTER: Duration = Duration::from_millis(9500);
 /// request sweeps them, so with tiny_http allocating a request on one thread and wxmp freeing it
 /// on another, each of glibc's 16 arenas kept scattered pages alive: without fastbins peak RSS
 /// under the benchmark's load is ~1 MiB lower (largest row 10.4-10.5 -> 9.0-9.1 MiB, a
-/// connection per request) at the same CPU per message (glibc's per-thread cache still serves small requests;
-/// docs/benchmarks.md). Returns whether the allocator took the setting; a no-op (`false`) on
-/// other C libraries, such as the static musl build, whose allocator has no fastbins.
+/// connection per request) at the same CPU per message (glibc's per-thread cache still serves
+/// small requests; docs/benchmarks.md). Returns whether the allocator took the setting; a no-op
+/// (`false`) on other C libraries, such as the static musl build, whose allocator has no
+/// fastbins.
 pub fn tune_allocator() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
