@@ -466,17 +466,25 @@ impl Message {
     }
 
     /// The identity of this message across WeChat's retries: `MsgId` for ordinary messages,
-    /// sender + `CreateTime` + `Event` + `EventKey` for events (several events can share a second).
+    /// sender + `CreateTime` + `Event` + `EventKey` for events (several events can share a second),
+    /// and an event's own `MsgID` when it has one (two `TEMPLATESENDJOBFINISH` reports of
+    /// different sends can share a second and have no `EventKey`).
     pub fn dedup_key(&self) -> String {
         match (&self.kind, self.msg_id) {
-            (Kind::Event(_), _) | (_, None) => format!(
-                "ev|{}|{}|{}|{}|{}",
-                self.from_user,
-                self.create_time,
-                self.msg_type,
-                self.field("Event").unwrap_or_default().trim(),
-                self.field("EventKey").unwrap_or_default().trim()
-            ),
+            (Kind::Event(_), _) | (_, None) => {
+                let mut key = format!(
+                    "ev|{}|{}|{}|{}|{}",
+                    self.from_user,
+                    self.create_time,
+                    self.msg_type,
+                    self.field("Event").unwrap_or_default().trim(),
+                    self.field("EventKey").unwrap_or_default().trim()
+                );
+                if let Some(id) = self.msg_id {
+                    let _ = write!(key, "|{id}");
+                }
+                key
+            }
             (_, Some(id)) => {
                 // Sized up front (20 digits at most): this runs for every message.
                 let mut key = String::with_capacity(self.from_user.len() + 24);
@@ -600,6 +608,20 @@ mod tests {
             })
         );
         assert_eq!(m.dedup_key(), "ev|u|1|event|pic_weixin|K");
+    }
+
+    #[test]
+    fn job_finish_reports_of_one_second_are_told_apart_by_their_msg_id() {
+        let report = |id: u64| {
+            parse(&format!("<xml><ToUserName>gh</ToUserName><FromUserName>oU</FromUserName><CreateTime>1700000000</CreateTime><MsgType>event</MsgType><Event>TEMPLATESENDJOBFINISH</Event><MsgID>{id}</MsgID><Status>success</Status></xml>")).unwrap()
+        };
+        assert_eq!(
+            report(200163836).dedup_key(),
+            "ev|oU|1700000000|event|TEMPLATESENDJOBFINISH||200163836"
+        );
+        assert_ne!(report(200163836).dedup_key(), report(200163837).dedup_key());
+        // A retry of the same report is still the same message.
+        assert_eq!(report(200163836).dedup_key(), report(200163836).dedup_key());
     }
 
     #[test]

@@ -141,6 +141,43 @@ fn event_retries_are_deduplicated_by_sender_time_event_and_key() {
 }
 
 #[test]
+fn job_finish_reports_of_one_second_are_two_messages_not_a_retry() {
+    let w = Wxmp::start("");
+    // Two template sends to one user finishing in the same second: no EventKey, own MsgIDs.
+    let first = msg(
+        "oA",
+        "event",
+        &[
+            ("Event", "TEMPLATESENDJOBFINISH"),
+            ("MsgID", "200163836"),
+            ("Status", "success"),
+        ],
+    );
+    let second = first.replace("200163836", "200163837");
+    assert_success_body(&w.post_signed(&first));
+    assert_success_body(&w.post_signed(&second));
+    // The same report again is WeChat's retry.
+    assert_success_body(&w.post_signed(&first));
+    assert_eq!(
+        w.wait_for_count("event/TEMPLATESENDJOBFINISH", 3),
+        3,
+        "{}",
+        w.stderr()
+    );
+    // Only the third is a retry (the lines of the three can be logged in any order).
+    assert_eq!(
+        w.stderr().matches("same answer").count(),
+        1,
+        "the second report was taken for a retry of the first:\n{}",
+        w.stderr()
+    );
+}
+
+fn assert_success_body(r: &common::Resp) {
+    assert_eq!((r.status, r.body.as_str()), (200, "success"));
+}
+
+#[test]
 fn body_over_64_kib_is_413_without_reading_it() {
     let w = Wxmp::start("");
     let q = signed_query("/", TOKEN);
