@@ -8,7 +8,7 @@
 //! entry is one).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -73,6 +73,9 @@ pub struct Slot<T> {
     /// Tries waiting on `ready`; changed only under `state`'s lock. A notify is a system call
     /// even when nobody waits, and nobody does for almost every message.
     waiters: AtomicUsize,
+    /// Tries seen so far, the first included: counted after the answer too, so that the log
+    /// names a third try of a settled message as such.
+    tries: AtomicU32,
     created: Instant,
     /// The answer's weight once completed, counted in the table's bytes until removed.
     weight: AtomicUsize,
@@ -97,9 +100,7 @@ impl<T> Slot<T> {
 }
 
 enum State<T> {
-    Pending {
-        tries: u32,
-    },
+    Pending,
     Done(T),
     /// The first try ended without an answer (it panicked past every guard): retries stop waiting.
     Abandoned,
@@ -172,13 +173,7 @@ impl<T: Clone + Weigh> Dedup<T> {
         if let Some(slot) = inner.entries.get(key) {
             let slot = Arc::clone(slot);
             drop(inner);
-            let attempt = match &mut *lock(&slot.state) {
-                State::Pending { tries } => {
-                    *tries += 1;
-                    *tries
-                }
-                _ => 2,
-            };
+            let attempt = slot.tries.fetch_add(1, Ordering::SeqCst).saturating_add(1);
             return Claim::Repeat(Repeat { slot, attempt });
         }
         while inner.entries.len() >= self.capacity || self.bytes() > self.budget {
@@ -201,8 +196,9 @@ impl<T: Clone + Weigh> Dedup<T> {
             }
         }
         let slot = Arc::new(Slot {
-            state: Mutex::new(State::Pending { tries: 1 }),
+            state: Mutex::new(State::Pending),
             waiters: AtomicUsize::new(0),
+            tries: AtomicU32::new(1),
             ready: Condvar::new(),
             created: now,
             weight: AtomicUsize::new(0),
@@ -251,7 +247,7 @@ impl<T: Clone + Weigh> Dedup<T> {
 
 impl<T> Slot<T> {
     fn is_pending(&self) -> bool {
-        matches!(&*lock(&self.state), State::Pending { .. })
+        matches!(&*lock(&self.state), State::Pending)
     }
 }
 
@@ -295,7 +291,7 @@ impl<T: Clone> Repeat<T> {
             match &*state {
                 State::Done(answer) => return Some(answer.clone()),
                 State::Abandoned => return None,
-                State::Pending { .. } => {}
+                State::Pending => {}
             }
             let left = deadline.checked_duration_since(Instant::now())?;
             self.slot.waiters.fetch_add(1, Ordering::SeqCst);
@@ -316,7 +312,7 @@ impl<T: Clone> Repeat<T> {
 
     /// Whether the first try has finished (with an answer or abandoned).
     pub fn is_settled(&self) -> bool {
-        !matches!(&*lock(&self.slot.state), State::Pending { .. })
+        !matches!(&*lock(&self.slot.state), State::Pending)
     }
 }
 
@@ -337,6 +333,12 @@ mod tests {
         };
         assert_eq!(r.attempt, 2);
         assert_eq!(r.wait(Duration::ZERO).as_deref(), Some("answer"));
+        // WeChat's third try, after the answer: counted as the third (the log says so).
+        let Claim::Repeat(r3) = d.claim("k") else {
+            panic!("third try must repeat")
+        };
+        assert_eq!(r3.attempt, 3);
+        assert_eq!(r3.wait(Duration::ZERO).as_deref(), Some("answer"));
     }
 
     #[test]
