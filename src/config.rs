@@ -362,6 +362,7 @@ workers = 4
 # admins = ["o..."]
 
 [log]
+# Relative to the folder wxmp is started in (command paths are relative to this file's folder).
 dir = "log"
 # Rotate wxmp.log when it would pass this size; delete rotated files older than keep_days.
 max_size = "500MB"

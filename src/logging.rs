@@ -6,7 +6,8 @@
 //! second) and a fresh `wxmp.log` is started. A record is therefore always written whole, with
 //! one `write` call, into exactly one file; a record larger than `max_size` goes alone into a
 //! fresh file. Rotated files whose modification time is more than `keep_days` days old are
-//! deleted when the file is opened and after every rotation.
+//! deleted when the file is opened, after every rotation, and once an hour in between (a quiet
+//! server may not rotate a 500 MB file for months).
 //!
 //! [`init`] installs the global logger. It formats each record completely (with simplelog's
 //! formatting) and hands whole records to the [`RotatingFile`], so even a message that spans
@@ -20,13 +21,16 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{LevelFilter, Log, Metadata, Record};
 use simplelog::{CombinedLogger, Config, ConfigBuilder, LevelPadding, SharedLogger, WriteLogger};
 
 /// Name of the active log file inside the log directory.
 const FILE_NAME: &str = "wxmp.log";
+
+/// How often old rotated files are looked for besides at start and at a rotation.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Parses "500MB", "10KB", "1GB", "2048", "2048B" (case-insensitive, optional space) into bytes; Err(String) naming the bad value otherwise; 0 rejected.
 ///
@@ -122,6 +126,9 @@ pub struct RotatingFile {
     /// Timestamp part of the last rotated name and its counter.
     last_stamp: String,
     last_seq: u64,
+    /// When old files were last looked for, and how often to look ([`PRUNE_EVERY`]).
+    pruned_at: Instant,
+    prune_every: Duration,
 }
 
 impl RotatingFile {
@@ -151,6 +158,8 @@ impl RotatingFile {
             warned: false,
             last_stamp: String::new(),
             last_seq: 0,
+            pruned_at: Instant::now(),
+            prune_every: PRUNE_EVERY,
         };
         if let Err(e) = rf.prune_old() {
             eprintln!(
@@ -270,6 +279,20 @@ impl RotatingFile {
                 return;
             }
         }
+        self.prune();
+    }
+
+    /// Prunes old files if [`PRUNE_EVERY`] has passed since they were last looked for (the
+    /// writer thread calls it after each batch and when it has slept that long).
+    pub fn prune_if_due(&mut self) {
+        if self.pruned_at.elapsed() >= self.prune_every {
+            self.prune();
+        }
+    }
+
+    /// [`RotatingFile::prune_old`], a failure reported on stderr (once until the next success).
+    fn prune(&mut self) {
+        self.pruned_at = Instant::now();
         if let Err(e) = self.prune_old() {
             warn_once(
                 &mut self.warned,
@@ -522,6 +545,8 @@ struct Shared {
     written: Condvar,
     /// Only the writer thread writes here; `flush` locks it to flush.
     sinks: Mutex<Sinks>,
+    /// The file's pruning interval: an idle writer wakes this often to prune.
+    prune_every: Duration,
 }
 
 /// The global logger: formats a whole record with simplelog and queues it; a writer thread
@@ -566,6 +591,7 @@ impl FileLogger {
             queue: Mutex::new(Queue::default()),
             queued: Condvar::new(),
             written: Condvar::new(),
+            prune_every: file.prune_every,
             sinks: Mutex::new(Sinks { file, echo }),
         });
         let writer = {
@@ -626,11 +652,18 @@ impl Shared {
                     return;
                 }
                 queue.asleep = true;
-                queue = self
+                let (woken, wait) = self
                     .queued
-                    .wait(queue)
+                    .wait_timeout(queue, self.prune_every)
                     .unwrap_or_else(PoisonError::into_inner);
+                queue = woken;
                 queue.asleep = false;
+                if wait.timed_out() && queue.bytes.is_empty() {
+                    // Nothing logged for a while: old files still age past `keep_days`.
+                    drop(queue);
+                    lock(&self.sinks).file.prune_if_due();
+                    queue = lock(&self.queue);
+                }
             }
             if !queue.closed && queue.bytes.len() < GATHER_BYTES {
                 drop(queue);
@@ -648,6 +681,7 @@ impl Shared {
             let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let mut sinks = lock(&self.sinks);
                 let _ = sinks.file.write_records(&bytes, &ends);
+                sinks.file.prune_if_due();
                 // The same formatted lines to stderr (a terminal, or journald under systemd):
                 // one formatting for both, where a second simplelog logger would format again.
                 let _ = sinks.echo.write_all(&bytes);
@@ -1185,6 +1219,42 @@ mod tests {
             let _ = done.send(());
         });
         flushed.recv_timeout(Duration::from_secs(10))
+    }
+
+    /// A quiet server still deletes rotated files that age past `keep_days`: pruning is due once
+    /// an interval has passed, and an idle writer wakes for it with nothing logged.
+    #[test]
+    fn an_idle_writer_prunes_files_that_age_past_keep_days() {
+        let dir = temp_dir("idle-prune");
+        let mut file = RotatingFile::open(&dir, 1 << 30, 10).unwrap();
+        // Appear after the open's prune, as files do that age past keep_days while wxmp runs.
+        let old = dir.join("wxmp.log.20260101-000000.1");
+        let recent = dir.join("wxmp.log.20260102-000000.1");
+        for (path, days) in [(&old, 11), (&recent, 9)] {
+            fs::write(path, "a rotated line\n").unwrap();
+            File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(SystemTime::now() - Duration::from_secs(days * 86_400))
+                .unwrap();
+        }
+        file.prune_if_due();
+        assert!(old.exists(), "pruned before the interval passed");
+        file.prune_every = Duration::from_millis(50);
+        let logger =
+            FileLogger::new(LevelFilter::Info, bare_config(), file, Box::new(io::sink())).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while old.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !old.exists(),
+            "an idle writer left a file older than keep_days"
+        );
+        assert!(recent.exists(), "a file younger than keep_days was deleted");
+        drop(logger);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     /// Records logged while the writer is busy go out together: one `write` per sink for the
