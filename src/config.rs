@@ -189,6 +189,35 @@ pub const ENV_OVERRIDES: [&str; 5] = [
 ];
 
 impl Config {
+    /// The settings changed in `newer` that a reload cannot apply, by their names in the file:
+    /// the listener, the worker threads and the logger are set up once, at start. A reload
+    /// names them in its log line, so that a changed `listen` is not taken for applied.
+    pub fn restart_only_changes(&self, newer: &Config) -> Vec<&'static str> {
+        use crate::logging::LogSettings;
+        // Compared as parsed ("500MB" and "500 MB" are the same size); both files were checked.
+        let logs = self.log.settings().ok().zip(newer.log.settings().ok());
+        let log_changed = |differs: fn(&LogSettings, &LogSettings) -> bool| {
+            logs.as_ref().is_some_and(|(a, b)| differs(a, b))
+        };
+        [
+            ("listen", self.listen != newer.listen),
+            ("workers", self.workers != newer.workers),
+            ("[log] dir", log_changed(|a, b| a.dir != b.dir)),
+            (
+                "[log] max_size",
+                log_changed(|a, b| a.max_size != b.max_size),
+            ),
+            (
+                "[log] keep_days",
+                log_changed(|a, b| a.keep_days != b.keep_days),
+            ),
+            ("[log] level", log_changed(|a, b| a.level != b.level)),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
+
     /// Parses a TOML document; the error names the offending key or line.
     pub fn from_toml(text: &str) -> Result<Config, String> {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
@@ -250,6 +279,10 @@ impl Config {
                 "path = {:?} must start with '/' and hold no '?', '#' or spaces",
                 self.path
             ));
+        } else if self.path == "/healthz" {
+            // Answered `ok` before the path is looked at: WeChat's verification would never pass.
+            errors
+                .push("path = \"/healthz\" is wxmp's own health check: choose another path".into());
         }
         if self.workers == 0 || self.workers > 256 {
             errors.push(format!(
@@ -337,9 +370,10 @@ pub fn generate_token() -> Result<String, String> {
 /// The commented file written on first run, holding `token`.
 pub fn first_run_file(token: &str) -> String {
     format!(
-        r#"# wxmp configuration (written on first run; edit freely, then restart or send SIGHUP).
-# Every key is optional except token. Environment variables override the file:
-# WXMP_TOKEN, WXMP_LISTEN, WXMP_LOG_DIR; WXMP_CONFIG picks another file.
+        r#"# wxmp configuration (written on first run; edit freely, then restart or send SIGHUP; listen,
+# workers and [log] need a restart). Every key is optional except token. Environment variables
+# override the file: WXMP_TOKEN, WXMP_LISTEN, WXMP_LOG_DIR, WXMP_APP_ID, WXMP_ENCODING_AES_KEY;
+# WXMP_CONFIG picks another file.
 
 # The Token to enter in WeChat's admin page (设置与开发 → 基本配置 → 服务器配置).
 token = "{token}"
@@ -491,5 +525,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.validate().unwrap_err().len(), 7);
+    }
+
+    #[test]
+    fn the_health_check_path_is_not_wechats() {
+        let c = Config::from_toml("token = \"abc\"\npath = \"/healthz\"").unwrap();
+        let errors = c.validate().unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("health check"), "{errors:?}");
+        let c = Config::from_toml("token = \"abc\"\npath = \"/wx/healthz\"").unwrap();
+        assert!(c.validate().is_ok());
     }
 }

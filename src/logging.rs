@@ -73,8 +73,8 @@ pub struct LogSettings {
     pub dir: PathBuf,
     /// Size in bytes the log file may reach before it is rotated.
     pub max_size: u64,
-    /// Rotated files last modified more than this many days ago are deleted (at start and at
-    /// each rotation); 0 keeps none of them past the next rotation or start.
+    /// Rotated files last modified more than this many days ago are deleted (at start, at each
+    /// rotation and hourly); 0 keeps none of them past the next look.
     pub keep_days: u64,
     /// Most verbose level that is logged (to both stderr and the file).
     pub level: LevelFilter,

@@ -27,7 +27,7 @@ USAGE:
 
 ENVIRONMENT:
     WXMP_CONFIG  config file     WXMP_TOKEN  token      WXMP_LISTEN  listen address
-    WXMP_LOG_DIR log folder
+    WXMP_LOG_DIR log folder      WXMP_APP_ID app_id     WXMP_ENCODING_AES_KEY  encoding_aes_key
 ";
 
 fn env(name: &str) -> Option<String> {
@@ -163,8 +163,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let listen = config.listen.clone();
-    let wechat_path = config.path.clone();
+    let started = config.clone();
     let server = match Server::start(config, Arc::new(router)) {
         Ok(s) => s,
         Err(e) => {
@@ -174,9 +173,11 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     log::info!(
-        "wxmp {} listening on {} (configured {listen}), WeChat path {wechat_path}, config {}",
+        "wxmp {} listening on {} (configured {}), WeChat path {}, config {}",
         env!("CARGO_PKG_VERSION"),
         server.addr(),
+        started.listen,
+        started.path,
         path.display()
     );
     let watchdog = wxmp::watchdog::spawn(
@@ -189,7 +190,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
         if hup.swap(false, Ordering::SeqCst) {
-            reload(&server, path);
+            reload(&server, path, &started);
         }
         let dead = server
             .fatal()
@@ -211,12 +212,21 @@ fn serve(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn reload(server: &Server, path: &std::path::Path) {
+/// SIGHUP: the file again, in force for the next request; `started` is the configuration wxmp
+/// started with, whose listener, workers and logger stay.
+fn reload(server: &Server, path: &std::path::Path, started: &Config) {
     match load(path) {
         Ok((config, router)) => {
+            let kept = started.restart_only_changes(&config);
             let handler: Arc<dyn Handler> = Arc::new(router);
             match server.reload(config, handler) {
-                Ok(()) => log::info!("reloaded {}", path.display()),
+                Ok(()) if kept.is_empty() => log::info!("reloaded {}", path.display()),
+                Ok(()) => log::warn!(
+                    "reloaded {}; {} changed too, which only a restart applies \
+                     (systemctl restart wxmp): running as at start",
+                    path.display(),
+                    kept.join(", ")
+                ),
                 Err(e) => log::error!("reload of {} refused: {e}", path.display()),
             }
         }
