@@ -182,6 +182,8 @@ pub enum ParseError {
     Missing(&'static str),
     /// A field that must be a number is not.
     NotANumber { field: String, value: String },
+    /// Elements nested deeper than [`MAX_DEPTH`] (WeChat's go 4 deep).
+    TooDeep,
 }
 
 impl fmt::Display for ParseError {
@@ -193,6 +195,10 @@ impl fmt::Display for ParseError {
             ParseError::NotANumber { field, value } => {
                 write!(f, "field <{field}> should be a number, got {value:?}")
             }
+            ParseError::TooDeep => write!(
+                f,
+                "elements nest more than {MAX_DEPTH} deep (WeChat's messages nest at most 4)"
+            ),
         }
     }
 }
@@ -242,18 +248,31 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// How deep elements may nest below `<xml>`; WeChat's deepest field is
+/// `SendPicsInfo/PicList/item/PicMd5Sum`, 4 deep.
+pub const MAX_DEPTH: usize = 8;
+
+/// How many XML nodes (elements, texts, comments) a message may have: WeChat's have a few dozen,
+/// and a 64 KiB body of `<a/>`s would otherwise make ~16,000 of them in memory.
+pub const MAX_NODES: u32 = 1024;
+
 /// Parses an inbound message body.
 pub fn parse(xml: &str) -> Result<Message, ParseError> {
     // roxmltree refuses DTDs by default, and without a DTD no entity but the five predefined
     // ones can exist: billion-laughs and external entities are impossible by construction.
-    let doc = roxmltree::Document::parse(xml).map_err(|e| ParseError::Xml(e.to_string()))?;
+    let options = roxmltree::ParsingOptions {
+        nodes_limit: MAX_NODES,
+        ..roxmltree::ParsingOptions::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(xml, options)
+        .map_err(|e| ParseError::Xml(e.to_string()))?;
     let root = doc.root_element();
     if root.tag_name().name() != "xml" {
         return Err(ParseError::Root(
             root.tag_name().name().chars().take(40).collect(),
         ));
     }
-    let fields = leaf_fields(root);
+    let fields = leaf_fields(root)?;
     let f = Fields(&fields);
 
     let msg_type = f.opt("MsgType").ok_or(ParseError::Missing("MsgType"))?;
@@ -281,23 +300,32 @@ pub fn parse(xml: &str) -> Result<Message, ParseError> {
 
 /// The text of every leaf element under `root` as `(path, text)` pairs in document order; nested
 /// elements get `Parent/Child` paths and list items (`PicList/item/PicMd5Sum`) repeat the same
-/// path. Shared by the inbound parser and `wxmp send`'s reply checks.
-pub fn leaf_fields(root: roxmltree::Node) -> Vec<(String, String)> {
+/// path. Shared by the inbound parser and `wxmp send`'s reply checks. `Err(TooDeep)` when
+/// elements nest more than [`MAX_DEPTH`] deep.
+pub fn leaf_fields(root: roxmltree::Node) -> Result<Vec<(String, String)>, ParseError> {
     // Sized for the top level at once rather than grown by doubling (nested lists may add more).
     let mut out = Vec::with_capacity(root.children().filter(|c| c.is_element()).count());
-    collect_fields(root, "", &mut out);
-    out
-}
-
-fn collect_fields(node: roxmltree::Node, prefix: &str, out: &mut Vec<(String, String)>) {
-    for child in node.children().filter(roxmltree::Node::is_element) {
+    // Walked with a stack of its own, not by recursion: a signed body of 9,000 nested elements
+    // overflowed the thread's stack, which no `catch_unwind` can stop.
+    let mut parents = vec![(root.children(), String::new())];
+    while let Some((children, prefix)) = parents.last_mut() {
+        let Some(child) = children.next() else {
+            parents.pop();
+            continue;
+        };
+        if !child.is_element() {
+            continue;
+        }
         let name = if prefix.is_empty() {
             child.tag_name().name().to_string()
         } else {
             format!("{prefix}/{}", child.tag_name().name())
         };
         if child.children().any(|c| c.is_element()) {
-            collect_fields(child, &name, out);
+            if parents.len() >= MAX_DEPTH {
+                return Err(ParseError::TooDeep);
+            }
+            parents.push((child.children(), name));
         } else {
             let text: String = child
                 .children()
@@ -307,6 +335,7 @@ fn collect_fields(node: roxmltree::Node, prefix: &str, out: &mut Vec<(String, St
             out.push((name, text));
         }
     }
+    Ok(out)
 }
 
 fn parse_kind(msg_type: &str, f: &Fields) -> Result<Kind, ParseError> {
@@ -608,6 +637,39 @@ mod tests {
             })
         );
         assert_eq!(m.dedup_key(), "ev|u|1|event|pic_weixin|K");
+    }
+
+    fn nested(depth: usize) -> String {
+        format!(
+            "<xml><FromUserName>u</FromUserName><MsgType>text</MsgType>{}x{}</xml>",
+            "<a>".repeat(depth),
+            "</a>".repeat(depth)
+        )
+    }
+
+    #[test]
+    fn nesting_is_bounded_without_recursion() {
+        let m = parse(&nested(MAX_DEPTH)).unwrap();
+        let path = ["a"; MAX_DEPTH].join("/");
+        assert_eq!(m.field(&path), Some("x"));
+        assert_eq!(parse(&nested(MAX_DEPTH + 1)), Err(ParseError::TooDeep));
+        // Deeper than a thread's stack would hold with one frame a level (as it once was);
+        // parsed without the node limit to reach the walk itself.
+        let deep = nested(20_000);
+        let doc = roxmltree::Document::parse(&deep).unwrap();
+        assert_eq!(leaf_fields(doc.root_element()), Err(ParseError::TooDeep));
+    }
+
+    #[test]
+    fn nodes_are_bounded() {
+        let many = |n: usize| {
+            format!(
+                "<xml><FromUserName>u</FromUserName><MsgType>text</MsgType>{}</xml>",
+                "<a/>".repeat(n)
+            )
+        };
+        assert!(parse(&many(500)).is_ok());
+        assert!(matches!(parse(&many(2000)), Err(ParseError::Xml(_))));
     }
 
     #[test]

@@ -1017,7 +1017,8 @@ pub fn check_reply_xml(xml: &str, expect: &Expect) -> Result<(String, Vec<String
              “{WECHAT_ERROR}”"
         ));
     }
-    let fields = crate::message::leaf_fields(doc.root_element());
+    let fields = crate::message::leaf_fields(doc.root_element())
+        .map_err(|e| format!("the reply's {e}; WeChat would not take it"))?;
     let get = |name: &str| {
         fields
             .iter()

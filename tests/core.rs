@@ -178,6 +178,27 @@ fn assert_success_body(r: &common::Resp) {
 }
 
 #[test]
+fn deeply_nested_or_bloated_xml_is_400_and_the_server_lives_on() {
+    let w = Wxmp::start("");
+    let head = "<xml><ToUserName>gh</ToUserName><FromUserName>oA</FromUserName><CreateTime>1</CreateTime><MsgType>text</MsgType><MsgId>1</MsgId>";
+    // 9,000 levels in 63 KB once overflowed a thread's stack and killed the process.
+    let deep = format!("{head}{}x{}</xml>", "<a>".repeat(9000), "</a>".repeat(9000));
+    let wide = format!("{head}{}</xml>", "<a/>".repeat(15_000));
+    let shallow_but_too_deep = format!("{head}{}x{}</xml>", "<a>".repeat(9), "</a>".repeat(9));
+    for body in [&deep, &wide, &shallow_but_too_deep] {
+        assert!(body.len() < 64 * 1024);
+        let r = w.post_signed(body);
+        assert_eq!(r.status, 400, "{}", r.body);
+    }
+    assert!(w.wait_for_log("nest more than 8 deep"));
+    assert_text_reply(
+        &w.post_signed(&text("oA", "still there?")),
+        "oA",
+        "对不起，我没有看懂你的信息~",
+    );
+}
+
+#[test]
 fn body_over_64_kib_is_413_without_reading_it() {
     let w = Wxmp::start("");
     let q = signed_query("/", TOKEN);

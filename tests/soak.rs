@@ -223,7 +223,8 @@ fn reply_text(resp: &Resp, from: &str) -> Result<String, String> {
     if doc.root_element().tag_name().name() != "xml" {
         return Err(format!("root is not <xml>: {:?}", resp.body));
     }
-    let fields = wxmp::message::leaf_fields(doc.root_element());
+    let fields = wxmp::message::leaf_fields(doc.root_element())
+        .map_err(|e| format!("reply nests too deep ({e}): {:?}", resp.body))?;
     let get = |k: &str| {
         fields
             .iter()

@@ -375,7 +375,8 @@ pub fn parse_reply(xml: &str) -> ParsedReply {
     let doc =
         roxmltree::Document::parse(xml).unwrap_or_else(|e| panic!("reply is not XML ({e}): {xml}"));
     assert_eq!(doc.root_element().tag_name().name(), "xml");
-    let fields = wxmp::message::leaf_fields(doc.root_element());
+    let fields = wxmp::message::leaf_fields(doc.root_element())
+        .unwrap_or_else(|e| panic!("reply nests too deep ({e}): {xml}"));
     ParsedReply { fields }
 }
 
