@@ -218,9 +218,11 @@ impl Config {
         .collect()
     }
 
-    /// Parses a TOML document; the error names the offending key or line.
+    /// Parses a TOML document; the error names the line, the column and what is wrong, and never
+    /// quotes the file (a mistyped `token` or `encoding_aes_key` line would put the secret into
+    /// the log, where a reload's error goes).
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+        toml::from_str(text).map_err(|e| toml_error(text, &e))
     }
 
     /// Reads and parses the file at `path`, without applying the environment or validating.
@@ -365,6 +367,35 @@ pub fn generate_token() -> Result<String, String> {
         }
     }
     Ok(token)
+}
+
+/// Keys whose values must not reach a log, even in an error about them.
+const SECRET_KEYS: [&str; 2] = ["token", "encoding_aes_key"];
+
+/// `e` without the quoted source line toml's `Display` adds; on a line that sets a secret, every
+/// word of its value is blanked out of the message too (serde's message quotes a value of the
+/// wrong type).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let mut message = e.message().trim().replace('\n', "; ");
+    let Some(start) = e.span().map(|span| span.start) else {
+        return message;
+    };
+    let before = text.get(..start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let secret = text
+        .lines()
+        .nth(line - 1)
+        .and_then(|l| l.split_once('='))
+        .filter(|(key, _)| SECRET_KEYS.contains(&key.trim().trim_matches(['"', '\''])));
+    if let Some((_, value)) = secret {
+        for word in value.split(|c: char| c.is_whitespace() || "\"'`#".contains(c)) {
+            if word.len() >= 3 {
+                message = message.replace(word, "…");
+            }
+        }
+    }
+    format!("line {line}, column {column}: {message}")
 }
 
 /// The commented file written on first run, holding `token`.
@@ -516,6 +547,32 @@ mod tests {
         .unwrap();
         assert!(no_app.validate().unwrap_err()[0].contains("app_id"));
         assert!(Config::from_toml(base).unwrap().crypt().unwrap().is_none());
+    }
+
+    #[test]
+    fn toml_errors_say_where_and_never_quote_a_secret() {
+        let cases = [
+            ("tokne = \"S3cretTokenValue\"", "S3cretTokenValue", "tokne"),
+            ("token = 12345678", "12345678", "line 1, column 9"),
+            (
+                "token = \"abc\"\nencoding_aes_key = Zm9vYmFyU2VjcmV0S2V5MDEy # key",
+                "Zm9vYmFy",
+                "line 2",
+            ),
+            (
+                "token = \"abc\"\nencoding_aes_key = [\"Zm9vYmFyU2VjcmV0\"]",
+                "Zm9vYmFy",
+                "line 2",
+            ),
+        ];
+        for (text, secret, needle) in cases {
+            let e = Config::from_toml(text).unwrap_err();
+            assert!(!e.contains(secret), "{e}");
+            assert!(e.contains(needle), "{e}");
+        }
+        // Other lines keep what serde says of their values.
+        let e = Config::from_toml("token = \"abc\"\nworkers = \"four\"").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("four"), "{e}");
     }
 
     #[test]

@@ -799,6 +799,16 @@ fn sighup_reloads_a_good_file_and_keeps_the_table_on_a_broken_one() {
     assert!(w.stderr().contains("repyl"), "the log says why");
     assert_eq!(say(&w, "oH", "版本"), "v2", "the running table is kept");
     assert_eq!(say(&w, "oH", "新"), "new");
+    // A mistyped secret is refused without reaching the log.
+    site.write(
+        "wxmp.toml",
+        &format!("token = \"{TOKEN}\"\nencoding_aes_key = Zm9vYmFyU2VjcmV0S2V5MDEy\n"),
+    );
+    w.signal(libc::SIGHUP);
+    assert_eq!(w.wait_for_count("reload of", 2), 2);
+    assert!(w.stderr().contains("line 2"), "{}", w.stderr());
+    assert!(!w.stderr().contains("Zm9vYmFy"), "{}", w.stderr());
+    assert_eq!(say(&w, "oH", "版本"), "v2");
 }
 
 #[test]
