@@ -184,6 +184,9 @@ pub enum ParseError {
     NotANumber { field: String, value: String },
     /// Elements nested deeper than [`MAX_DEPTH`] (WeChat's go 4 deep).
     TooDeep,
+    /// A field that names things (`FromUserName`, `MsgType`, `Event`) holds a control character:
+    /// WeChat's never do, and these go into log lines as they are.
+    ControlCharacter(&'static str),
 }
 
 impl fmt::Display for ParseError {
@@ -199,6 +202,9 @@ impl fmt::Display for ParseError {
                 f,
                 "elements nest more than {MAX_DEPTH} deep (WeChat's messages nest at most 4)"
             ),
+            ParseError::ControlCharacter(field) => {
+                write!(f, "field <{field}> holds a control character")
+            }
         }
     }
 }
@@ -274,6 +280,13 @@ pub fn parse(xml: &str) -> Result<Message, ParseError> {
     }
     let fields = leaf_fields(root)?;
     let f = Fields(&fields);
+    for name in ["FromUserName", "MsgType", "Event"] {
+        if f.get(name)
+            .is_some_and(|v| v.trim().contains(char::is_control))
+        {
+            return Err(ParseError::ControlCharacter(name));
+        }
+    }
 
     let msg_type = f.opt("MsgType").ok_or(ParseError::Missing("MsgType"))?;
     let kind = parse_kind(&msg_type, &f)?;
@@ -658,6 +671,22 @@ mod tests {
         let deep = nested(20_000);
         let doc = roxmltree::Document::parse(&deep).unwrap();
         assert_eq!(leaf_fields(doc.root_element()), Err(ParseError::TooDeep));
+    }
+
+    #[test]
+    fn names_with_control_characters_are_refused() {
+        // XML itself refuses every control character but tab, line feed and carriage return.
+        for (xml, field) in [
+            ("<xml><FromUserName>oA\n2026-12-02T05:00:00Z [ERROR] forged</FromUserName><MsgType>text</MsgType></xml>", "FromUserName"),
+            ("<xml><FromUserName>oA</FromUserName><MsgType>te\txt</MsgType></xml>", "MsgType"),
+            ("<xml><FromUserName>oA</FromUserName><MsgType>event</MsgType><Event>CLI&#13;CK</Event></xml>", "Event"),
+        ] {
+            assert_eq!(parse(xml), Err(ParseError::ControlCharacter(field)), "{xml}");
+        }
+        // Surrounding white space, as in pretty-printed XML, is not a name's.
+        let m = parse("<xml><FromUserName>\n  oA\n</FromUserName><MsgType>\ttext</MsgType></xml>")
+            .unwrap();
+        assert_eq!((m.from_user.as_str(), m.msg_type.as_str()), ("oA", "text"));
     }
 
     #[test]

@@ -685,10 +685,13 @@ fn handle_request(app: &Arc<App>, req: Request) {
         return respond_text(req, 200, "ok");
     }
     if path != config.path {
+        // Escaped: tiny_http leaves a bare line feed in the request target, and an unsigned
+        // request must not be able to write a line of its own into the log.
         warn!(
-            "{} {} {path}: not found (WeChat's path is {})",
+            "{} {} {}: not found (WeChat's path is {})",
             ctx.peer,
-            req.method(),
+            req.method().as_str().escape_debug(),
+            path.escape_debug(),
             config.path
         );
         return respond_text(req, 404, "not found");
@@ -698,7 +701,12 @@ fn handle_request(app: &Arc<App>, req: Request) {
         Method::Get => verify_url(req, config, &query, &ctx),
         Method::Post => handle_post(app, req, &live, &query, ctx),
         other => {
-            warn!("{} {other} {path}: method not allowed", ctx.peer);
+            warn!(
+                "{} {} {}: method not allowed",
+                ctx.peer,
+                other.as_str().escape_debug(),
+                path.escape_debug()
+            );
             let resp = Response::from_string("method not allowed")
                 .with_status_code(405)
                 .with_header(header("Allow", "GET, POST"));
