@@ -45,6 +45,10 @@ pub const NO_DATA: &str = "暂无数据";
 /// The answer to an `exec` command that printed nothing (WeChat shows an error for empty text).
 pub const NO_OUTPUT: &str = "（指令没有输出）";
 
+/// The answer when the user's text would begin a program's argument with `-`, where the program
+/// could take it for an option (`--output=…`, say) rather than a word.
+pub const NO_OPTIONS: &str = "参数不能以 - 开头";
+
 /// The most bytes of a `file` read per request (only [`crate::reply::TEXT_LIMIT`] are shown).
 pub const FILE_READ_LIMIT: u64 = 64 * 1024;
 
@@ -243,9 +247,23 @@ impl Router {
                 Route::Now(Reply::News(articles.iter().take(n).cloned().collect()))
             }
             Action::Exec { program, args } => {
+                let filled: Vec<String> =
+                    args.iter().map(|a| command::substitute(a, &vars)).collect();
+                if let Some(i) = user_option(args, &filled) {
+                    warn!(
+                        "command #{} ({}) for {}: the message would make argument {} start with \
+                         '-', an option to the program; answered {NO_OPTIONS} (put \"--\" before \
+                         it in exec if the program takes such words after it)",
+                        c.index,
+                        c.rule(),
+                        msg.from_user,
+                        i + 1
+                    );
+                    return Route::Now(Reply::Text(NO_OPTIONS.into()));
+                }
                 let job = exec::Job {
                     program: program.clone(),
-                    args: args.iter().map(|a| command::substitute(a, &vars)).collect(),
+                    args: filled,
                     env: vec![
                         ("WXMP_OPENID".into(), vars.openid.clone()),
                         ("WXMP_CONTENT".into(), vars.content.clone()),
@@ -263,6 +281,17 @@ impl Router {
             }
         }
     }
+}
+
+/// The index of the first argument whose leading `-` came from the message (its template does
+/// not start with one), unless a `--` argument comes before it: no shell is involved, but a
+/// program would still read `--output=/x` from the user as an option.
+fn user_option(templates: &[String], filled: &[String]) -> Option<usize> {
+    templates
+        .iter()
+        .zip(filled)
+        .take_while(|(template, _)| *template != "--")
+        .position(|(template, arg)| arg.starts_with('-') && !template.starts_with('-'))
 }
 
 /// The text of a `file` command: the file's text trimmed, or [`NO_DATA`] (with a log line) when

@@ -514,6 +514,25 @@ exec = ["./bin/q.sh", "{args}", "{openid}"]
 }
 
 #[test]
+fn a_message_cannot_hand_a_program_an_option() {
+    let site = Site::new("cmd-option");
+    site.script("q.sh", r#"printf '%s|' "$@""#);
+    let w = site.serve(
+        "[[command]]\nprefix = \"查\"\nexec = [\"./q.sh\", \"-n\", \"{args}\"]\n\
+         [[command]]\nprefix = \"找\"\nexec = [\"./q.sh\", \"--\", \"{1}\", \"{2}\"]\n\
+         [[command]]\nprefix = \"拼\"\nexec = [\"./q.sh\", \"x{args}\"]",
+    );
+    assert_eq!(say(&w, "oO", "查 苹果"), "-n|苹果|");
+    for attack in ["查 --output=/tmp/x", "查 -rf", "查 -"] {
+        assert_eq!(say(&w, "oO", attack), "参数不能以 - 开头", "{attack}");
+    }
+    assert!(w.wait_for_log("start with '-'"));
+    // After a "--" the program reads words, and text inside an argument is no option.
+    assert_eq!(say(&w, "oO", "找 -a -b"), "--|-a|-b|");
+    assert_eq!(say(&w, "oO", "拼 --v"), "x--v|");
+}
+
+#[test]
 fn shell_syntax_in_a_message_is_plain_text() {
     let site = Site::new("cmd-inject");
     site.script("q.sh", r#"printf '%s' "$1" > arg.txt; echo ok"#);
