@@ -727,26 +727,32 @@ fn signed(query: &Query, token: &str) -> bool {
     }
 }
 
-/// GET: WeChat's URL verification. Echo `echostr` when the signature is valid.
+/// Whether a signed request's `timestamp` is recent ([`signature::check_fresh`]).
+fn fresh(query: &Query) -> Result<(), String> {
+    signature::check_fresh(query.get("timestamp").unwrap_or_default(), now_unix())
+}
+
+/// GET: WeChat's URL verification. Echo `echostr` when the signature is valid and recent (a
+/// server whose clock is wrong fails already here, when the admin page is saved).
 fn verify_url(req: Request, config: &Config, query: &Query, ctx: &Ctx) {
-    match query.get("echostr") {
-        Some(echo) if signed(query, &config.token) => {
-            info!("{} URL verification passed", ctx.peer);
-            let echo = echo.to_string();
-            respond_text(req, 200, &echo);
-        }
-        Some(_) => {
-            warn!(
-                "{} URL verification refused: bad or missing signature",
-                ctx.peer
-            );
-            respond_text(req, 403, "forbidden: bad signature");
-        }
-        None => {
-            warn!("{} GET without echostr refused", ctx.peer);
-            respond_text(req, 403, "forbidden: not a WeChat verification request");
-        }
+    let Some(echo) = query.get("echostr") else {
+        warn!("{} GET without echostr refused", ctx.peer);
+        return respond_text(req, 403, "forbidden: not a WeChat verification request");
+    };
+    if !signed(query, &config.token) {
+        warn!(
+            "{} URL verification refused: bad or missing signature",
+            ctx.peer
+        );
+        return respond_text(req, 403, "forbidden: bad signature");
     }
+    if let Err(why) = fresh(query) {
+        warn!("{} URL verification refused: {why}", ctx.peer);
+        return respond_text(req, 403, "forbidden: stale timestamp");
+    }
+    info!("{} URL verification passed", ctx.peer);
+    let echo = echo.to_string();
+    respond_text(req, 200, &echo);
 }
 
 /// Reads the body, at most [`MAX_BODY`] bytes; `Err(status, why)` for the client.
@@ -775,6 +781,10 @@ fn handle_post(app: &Arc<App>, mut req: Request, live: &Live, query: &Query, mut
     if !signed(query, &live.config.token) {
         warn!("{} POST refused: bad or missing signature", ctx.peer);
         return respond_text(req, 403, "forbidden: bad signature");
+    }
+    if let Err(why) = fresh(query) {
+        warn!("{} POST refused (403): {why}", ctx.peer);
+        return respond_text(req, 403, "forbidden: stale timestamp");
     }
     let body = match read_body(&mut req) {
         Ok(body) => body,

@@ -44,6 +44,37 @@ pub fn verify(token: &str, timestamp: &str, nonce: &str, signature: &str) -> boo
     constant_time_eq(&sign_hex(&[token, timestamp, nonce]), signature.as_bytes())
 }
 
+/// How far a signed `timestamp` may be from this server's clock, in seconds. In plain mode WeChat
+/// signs the URL and not the body, so without a bound one signed URL (access logs keep them) would
+/// sign any message, such as one from an admin's openid, for ever. Five minutes is what webhook
+/// signatures commonly allow: it covers WeChat's ~15 s of retries and a clock a little off.
+pub const MAX_CLOCK_SKEW: u64 = 300;
+
+/// Whether a signed `timestamp` (unix seconds) is within [`MAX_CLOCK_SKEW`] of `now`; `Err` says
+/// how far off it is and what that can mean.
+pub fn check_fresh(timestamp: &str, now: u64) -> Result<(), String> {
+    let ts: u64 = timestamp.parse().map_err(|_| {
+        let shown: String = timestamp.chars().take(24).collect();
+        format!("timestamp {shown:?} is not a number of seconds")
+    })?;
+    let off = now.abs_diff(ts);
+    if off <= MAX_CLOCK_SKEW {
+        return Ok(());
+    }
+    let (way, hint) = if ts < now {
+        (
+            "behind",
+            "a replayed old request, or this server's clock is fast",
+        )
+    } else {
+        ("ahead of", "this server's clock is slow")
+    };
+    Err(format!(
+        "timestamp {ts} is {off} s {way} this server's clock (over {MAX_CLOCK_SKEW} s): {hint} \
+         (timedatectl shows whether it is synchronised)"
+    ))
+}
+
 /// Checks a safe-mode `msg_signature`, which also covers the `Encrypt` payload.
 pub fn verify_msg(
     token: &str,
@@ -74,6 +105,27 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_fresh_within_five_minutes_either_way() {
+        let now = 1_800_000_000;
+        for ts in [now, now - 300, now + 300, now - 15] {
+            assert_eq!(check_fresh(&ts.to_string(), now), Ok(()), "{ts}");
+        }
+        let old = check_fresh(&(now - 301).to_string(), now).unwrap_err();
+        assert!(
+            old.contains("301 s behind") && old.contains("replayed"),
+            "{old}"
+        );
+        let ahead = check_fresh(&(now + 3600).to_string(), now).unwrap_err();
+        assert!(
+            ahead.contains("3600 s ahead of") && ahead.contains("slow"),
+            "{ahead}"
+        );
+        for bad in ["", "-5", "1e9", " 1800000000", "18446744073709551616"] {
+            assert!(check_fresh(bad, now).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn reference_vector_from_protocol_doc() {

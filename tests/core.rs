@@ -28,6 +28,44 @@ fn get_verification_with_a_bad_signature_is_403() {
     assert!(w.wait_for_log("URL verification refused"));
 }
 
+/// A URL WeChat signed `age` seconds ago (negative: ahead of this clock).
+fn signed_at(age: i64, extra: &str) -> String {
+    let ts = now().saturating_add_signed(-age).to_string();
+    format!(
+        "/?signature={}&timestamp={ts}&nonce=77{extra}",
+        sign(&[TOKEN, &ts, "77"])
+    )
+}
+
+#[test]
+fn a_signed_url_is_good_for_five_minutes_either_way() {
+    let w = Wxmp::start("");
+    // An old URL (an access log keeps them) would otherwise sign any body, any sender.
+    let r = w.request(
+        "POST",
+        &signed_at(600, ""),
+        &[],
+        text("oAdmin", "hi").as_bytes(),
+    );
+    assert_eq!(r.status, 403);
+    assert!(w.wait_for_log("600 s behind this server's clock"));
+    let r = w.get(&signed_at(-3600, "&echostr=e"));
+    assert_eq!(r.status, 403);
+    assert!(w.wait_for_log("URL verification refused: timestamp"));
+    assert!(w.stderr().contains("clock is slow"));
+    // Within the window, both ways: a retry 15 s on, a clock a little off.
+    for age in [15, 280, -280] {
+        let r = w.request(
+            "POST",
+            &signed_at(age, ""),
+            &[],
+            text("oA", "hi").as_bytes(),
+        );
+        assert_text_reply(&r, "oA", DEFAULT_REPLY);
+    }
+    assert_eq!(w.get(&signed_at(200, "&echostr=e")).body, "e");
+}
+
 #[test]
 fn get_verification_with_wrong_token_is_403() {
     let w = Wxmp::start("");
