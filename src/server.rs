@@ -72,6 +72,16 @@ pub const SLOW_WORK_LIMIT: Duration = Duration::from_secs(15);
 /// A try arriving this long after the first is WeChat's last (tries come ~5 s apart).
 pub const LAST_TRY_AFTER: Duration = Duration::from_millis(9500);
 
+/// A try whose signed `timestamp` is this many seconds after the message's `CreateTime` is
+/// WeChat's last too, however many tries this process saw (it may have restarted between them).
+/// Both are WeChat's whole seconds: its second try is 5-6 apart, its third 10-11.
+pub const LAST_TRY_AGE: u64 = 9;
+
+/// A larger gap between `CreateTime` and a try's `timestamp` says nothing about WeChat's tries
+/// (a hand-made request, a message without `CreateTime`): such a try counts by this process's
+/// own tries alone.
+const AGE_MEANINGFUL: u64 = 60;
+
 /// Turns off glibc's fastbins for the whole process; call it first thing in `main`, before any
 /// thread starts. Fastbin chunks are never merged with their free neighbours until a larger
 /// request sweeps them, so with tiny_http allocating a request on one thread and wxmp freeing it
@@ -95,10 +105,12 @@ pub fn tune_allocator() -> bool {
 }
 
 /// Whether a try is WeChat's last for its message: try 3, or one arriving [`LAST_TRY_AFTER`]
-/// the first (an earlier try may have been lost). The last try must answer within its own
-/// deadline; earlier ones may wait for the work, as WeChat will try again.
-pub fn is_last_try(attempt: u32, since_first: Duration) -> bool {
-    attempt >= 3 || since_first >= LAST_TRY_AFTER
+/// the first (an earlier try may have been lost), or one WeChat sent [`LAST_TRY_AGE`] seconds
+/// after the message was created (`age`: the earlier tries went to a process that is gone). The
+/// last try must answer within its own deadline; earlier ones may wait for the work, as WeChat
+/// will try again.
+pub fn is_last_try(attempt: u32, since_first: Duration, age: u64) -> bool {
+    attempt >= 3 || since_first >= LAST_TRY_AFTER || age >= LAST_TRY_AGE
 }
 
 /// A finished answer, kept for retries: the exact bytes sent the first time.
@@ -490,6 +502,9 @@ struct Ctx {
     peer: Peer,
     /// Set when the request was encrypted: the answer must be encrypted too.
     seal: Option<Arc<MsgCrypt>>,
+    /// Seconds from the message's `CreateTime` to this try's signed `timestamp`, both WeChat's
+    /// clock (0 when unknown or over a minute): how late in WeChat's tries this one is.
+    age: u64,
 }
 
 /// Who sent a request, as log lines print it: an IP address, or `-` when unknown. Formatted
@@ -676,6 +691,7 @@ fn handle_request(app: &Arc<App>, req: Request) {
         start: Instant::now(),
         peer: client_addr(&req),
         seal: None,
+        age: 0,
     };
     let live = Arc::clone(&app.live.read().unwrap_or_else(PoisonError::into_inner));
     let config = &live.config;
@@ -727,9 +743,12 @@ fn signed(query: &Query, token: &str) -> bool {
     }
 }
 
-/// Whether a signed request's `timestamp` is recent ([`signature::check_fresh`]).
-fn fresh(query: &Query) -> Result<(), String> {
-    signature::check_fresh(query.get("timestamp").unwrap_or_default(), now_unix())
+/// A signed request's `timestamp` if it is recent ([`signature::check_fresh`]).
+fn fresh(query: &Query) -> Result<u64, String> {
+    let timestamp = query.get("timestamp").unwrap_or_default();
+    signature::check_fresh(timestamp, now_unix())?;
+    // Checked as a number just now.
+    Ok(timestamp.parse().unwrap_or_default())
 }
 
 /// GET: WeChat's URL verification. Echo `echostr` when the signature is valid and recent (a
@@ -782,10 +801,13 @@ fn handle_post(app: &Arc<App>, mut req: Request, live: &Live, query: &Query, mut
         warn!("{} POST refused: bad or missing signature", ctx.peer);
         return respond_text(req, 403, "forbidden: bad signature");
     }
-    if let Err(why) = fresh(query) {
-        warn!("{} POST refused (403): {why}", ctx.peer);
-        return respond_text(req, 403, "forbidden: stale timestamp");
-    }
+    let sent_at = match fresh(query) {
+        Ok(sent_at) => sent_at,
+        Err(why) => {
+            warn!("{} POST refused (403): {why}", ctx.peer);
+            return respond_text(req, 403, "forbidden: stale timestamp");
+        }
+    };
     let body = match read_body(&mut req) {
         Ok(body) => body,
         Err((status, why)) => {
@@ -821,6 +843,10 @@ fn handle_post(app: &Arc<App>, mut req: Request, live: &Live, query: &Query, mut
             return respond_text(req, 400, &format!("bad request: {e}"));
         }
     };
+    ctx.age = sent_at
+        .checked_sub(msg.create_time)
+        .filter(|age| *age <= AGE_MEANINGFUL)
+        .unwrap_or(0);
     match app.dedup.claim(&msg.dedup_key()) {
         Claim::First(ticket) => first_try(app, req, msg, ticket, ctx),
         Claim::Repeat(repeat) => repeated_try(app, req, msg, repeat, ctx),
@@ -928,25 +954,31 @@ fn first_try(app: &Arc<App>, req: Request, msg: Message, ticket: Ticket<Answer>,
             log_answer(&msg, &answer, &ctx, "");
         }
         Route::Later(job) => {
+            if is_last_try(1, Duration::ZERO, ctx.age) {
+                // WeChat's last try is the first this process sees (it restarted between
+                // tries): the job runs on its own, and this try waits for it within its
+                // deadline like any last try, then leaves the result for the next message.
+                let watch = ticket.watch();
+                let seal = ctx.seal.clone();
+                return match detach(app, "wxmp-job", (), {
+                    let msg = msg.clone();
+                    move |app, ()| {
+                        run_job(app, job, &msg, ticket, seal.as_deref());
+                    }
+                }) {
+                    Ok(()) => repeated_try(app, req, msg, watch, ctx),
+                    Err((_, e)) => {
+                        error!("cannot start a job thread: {e}; answered success");
+                        respond_answer(req, &render(&Reply::Success, &msg, None));
+                    }
+                };
+            }
             // The job's own thread completes the ticket, then answers this try (retries wait
             // for the same answer in `repeated_try`). It needs no time limit of its own: the
             // only slow work is a program, killed at its `timeout` (at most 14 s).
             let msg2 = msg.clone();
             let detached = detach(app, "wxmp-job", (req, ctx), move |app, (req, ctx)| {
-                let reply = catch_unwind(AssertUnwindSafe(job)).unwrap_or_else(|_| {
-                    error!(
-                        "slow job panicked on a message from {}; answered success",
-                        msg2.from_user
-                    );
-                    Reply::Success
-                });
-                let mut answer = None;
-                app.pending
-                    .finish(&msg2.dedup_key(), &msg2.from_user, reply, |reply| {
-                        let rendered = render(&reply, &msg2, ctx.seal.as_deref());
-                        ticket.complete(rendered.clone());
-                        answer = Some(rendered);
-                    });
+                let answer = run_job(app, job, &msg2, ticket, ctx.seal.as_deref());
                 answer_repeat(req, &msg2, answer, &ctx, "");
             });
             if let Err(((req, _), e)) = detached {
@@ -955,6 +987,32 @@ fn first_try(app: &Arc<App>, req: Request, msg: Message, ticket: Ticket<Answer>,
             }
         }
     }
+}
+
+/// Runs a slow job and completes its ticket with the rendered answer, which it returns; `None`
+/// when the last try gave up on it first (the result then waits for the user's next message).
+fn run_job(
+    app: &App,
+    job: crate::router::Job,
+    msg: &Message,
+    ticket: Ticket<Answer>,
+    seal: Option<&MsgCrypt>,
+) -> Option<Answer> {
+    let reply = catch_unwind(AssertUnwindSafe(job)).unwrap_or_else(|_| {
+        error!(
+            "slow job panicked on a message from {}; answered success",
+            msg.from_user
+        );
+        Reply::Success
+    });
+    let mut answer = None;
+    app.pending
+        .finish(&msg.dedup_key(), &msg.from_user, reply, |reply| {
+            let rendered = render(&reply, msg, seal);
+            ticket.complete(rendered.clone());
+            answer = Some(rendered);
+        });
+    answer
 }
 
 /// A try of a message whose first try is done or under way: answer with the first try's bytes.
@@ -970,7 +1028,7 @@ fn repeated_try(app: &Arc<App>, req: Request, msg: Message, repeat: Repeat<Answe
     // Waiting can take seconds: do it off the recv loop.
     let work =
         move |app: &Arc<App>, (req, msg, repeat, ctx): (Request, Message, Repeat<Answer>, Ctx)| {
-            let answer = if is_last_try(repeat.attempt, repeat.since_first()) {
+            let answer = if is_last_try(repeat.attempt, repeat.since_first(), ctx.age) {
                 // WeChat stops trying after this one: answer within this try's deadline.
                 let left = (ctx.start + ANSWER_WITHIN).saturating_duration_since(Instant::now());
                 match repeat.wait(left) {
@@ -1055,11 +1113,14 @@ mod tests {
 
     #[test]
     fn the_last_try_is_the_third_or_a_late_one() {
-        assert!(!is_last_try(1, Duration::ZERO));
-        assert!(!is_last_try(2, Duration::from_secs(5)));
-        assert!(is_last_try(3, Duration::from_secs(1)));
-        assert!(is_last_try(2, Duration::from_millis(9500)));
-        assert!(!is_last_try(1, Duration::from_millis(9499)));
+        assert!(!is_last_try(1, Duration::ZERO, 0));
+        assert!(!is_last_try(2, Duration::from_secs(5), 6));
+        assert!(is_last_try(3, Duration::from_secs(1), 0));
+        assert!(is_last_try(2, Duration::from_millis(9500), 0));
+        assert!(!is_last_try(1, Duration::from_millis(9499), 0));
+        // WeChat's third try, the first this process sees: by WeChat's own clock.
+        assert!(is_last_try(1, Duration::ZERO, 10));
+        assert!(!is_last_try(1, Duration::ZERO, 8));
     }
 
     #[test]

@@ -704,6 +704,39 @@ fn last_try_says_the_result_will_follow_and_the_next_message_brings_it() {
 }
 
 #[test]
+fn wechats_last_try_is_known_by_its_age_after_a_restart() {
+    let site = Site::new("cmd-late-age");
+    site.script("slow.sh", "sleep 6\necho LATE RESULT\ntouch finished");
+    let w = site.serve("[[command]]\nname = \"慢\"\nexec = [\"./slow.sh\"]\ntimeout = 12");
+    // Created 10 s before this try was signed: WeChat's third try, whose first two went to a
+    // wxmp that has since restarted. This process sees it as its first.
+    let body = text("oA", "慢");
+    let (open, close) = (
+        body.find("<CreateTime>").unwrap(),
+        body.find("</CreateTime>").unwrap(),
+    );
+    let created = format!("<CreateTime>{}", now() - 10);
+    let body = format!("{}{created}{}", &body[..open], &body[close..]);
+    let t = Instant::now();
+    let r = post_within(&w, &body, Duration::from_secs(6)).expect("the last try is answered");
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_millis(4800),
+        "within WeChat's 5 s: {took:?}"
+    );
+    assert_eq!(content_of(&r, "oA"), "结果还在生成，稍后发任意消息查看");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !site.path("finished").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        say(&w, "oA", "你好"),
+        format!("上次的结果：LATE RESULT\n\n{DEFAULT_REPLY}")
+    );
+}
+
+#[test]
 fn ten_slow_commands_do_not_delay_anyone_else() {
     let site = Site::new("cmd-busy");
     site.script("slow.sh", "sleep 2\necho slow $1");
