@@ -180,6 +180,14 @@ fn serve(path: &std::path::Path) -> ExitCode {
         started.path,
         path.display()
     );
+    if !server.addr().ip().is_loopback() {
+        log::warn!(
+            "{} can be reached from other machines: wxmp's HTTP library cannot stop slow, huge \
+             or pipelining clients; in production listen on 127.0.0.1 behind nginx \
+             (deploy/nginx.conf; README, Limits)",
+            server.addr()
+        );
+    }
     let watchdog = wxmp::watchdog::spawn(
         wxmp::watchdog::probe_addr(server.addr()),
         WATCHDOG_INTERVAL,

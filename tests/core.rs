@@ -67,6 +67,20 @@ fn a_signed_url_is_good_for_five_minutes_either_way() {
 }
 
 #[test]
+fn listening_beyond_loopback_is_warned_about() {
+    let w = Wxmp::start("");
+    let dir = config_dir("wxmp-open", "");
+    let open = Wxmp::start_in(
+        &dir,
+        &["serve", "--config", "wxmp.toml"],
+        &[("WXMP_LISTEN", "0.0.0.0:0")],
+    );
+    assert!(open.wait_for_log("can be reached from other machines"));
+    assert_text_reply(&w.post_signed(&text("oA", "x")), "oA", DEFAULT_REPLY);
+    assert!(!w.stderr().contains("other machines"), "{}", w.stderr());
+}
+
+#[test]
 fn get_verification_with_wrong_token_is_403() {
     let w = Wxmp::start("");
     let q = signed_query("/", "someOtherToken");
