@@ -745,10 +745,7 @@ fn signed(query: &Query, token: &str) -> bool {
 
 /// A signed request's `timestamp` if it is recent ([`signature::check_fresh`]).
 fn fresh(query: &Query) -> Result<u64, String> {
-    let timestamp = query.get("timestamp").unwrap_or_default();
-    signature::check_fresh(timestamp, now_unix())?;
-    // Checked as a number just now.
-    Ok(timestamp.parse().unwrap_or_default())
+    signature::check_fresh(query.get("timestamp").unwrap_or_default(), now_unix())
 }
 
 /// GET: WeChat's URL verification. Echo `echostr` when the signature is valid and recent (a
@@ -959,19 +956,18 @@ fn first_try(app: &Arc<App>, req: Request, msg: Message, ticket: Ticket<Answer>,
                 // tries): the job runs on its own, and this try waits for it within its
                 // deadline like any last try, then leaves the result for the next message.
                 let watch = ticket.watch();
-                let seal = ctx.seal.clone();
-                return match detach(app, "wxmp-job", (), {
-                    let msg = msg.clone();
-                    move |app, ()| {
-                        run_job(app, job, &msg, ticket, seal.as_deref());
-                    }
-                }) {
+                let (msg2, seal) = (msg.clone(), ctx.seal.clone());
+                let run = move |app: &Arc<App>, ()| {
+                    run_job(app, job, &msg2, ticket, seal.as_deref());
+                };
+                match detach(app, "wxmp-job", (), run) {
                     Ok(()) => repeated_try(app, req, msg, watch, ctx),
                     Err((_, e)) => {
                         error!("cannot start a job thread: {e}; answered success");
                         respond_answer(req, &render(&Reply::Success, &msg, None));
                     }
-                };
+                }
+                return;
             }
             // The job's own thread completes the ticket, then answers this try (retries wait
             // for the same answer in `repeated_try`). It needs no time limit of its own: the

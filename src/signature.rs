@@ -50,16 +50,16 @@ pub fn verify(token: &str, timestamp: &str, nonce: &str, signature: &str) -> boo
 /// signatures commonly allow: it covers WeChat's ~15 s of retries and a clock a little off.
 pub const MAX_CLOCK_SKEW: u64 = 300;
 
-/// Whether a signed `timestamp` (unix seconds) is within [`MAX_CLOCK_SKEW`] of `now`; `Err` says
+/// A signed `timestamp` (unix seconds) if it is within [`MAX_CLOCK_SKEW`] of `now`; `Err` says
 /// how far off it is and what that can mean.
-pub fn check_fresh(timestamp: &str, now: u64) -> Result<(), String> {
+pub fn check_fresh(timestamp: &str, now: u64) -> Result<u64, String> {
     let ts: u64 = timestamp.parse().map_err(|_| {
         let shown: String = timestamp.chars().take(24).collect();
         format!("timestamp {shown:?} is not a number of seconds")
     })?;
     let off = now.abs_diff(ts);
     if off <= MAX_CLOCK_SKEW {
-        return Ok(());
+        return Ok(ts);
     }
     let (way, hint) = if ts < now {
         (
@@ -110,7 +110,7 @@ mod tests {
     fn timestamps_are_fresh_within_five_minutes_either_way() {
         let now = 1_800_000_000;
         for ts in [now, now - 300, now + 300, now - 15] {
-            assert_eq!(check_fresh(&ts.to_string(), now), Ok(()), "{ts}");
+            assert_eq!(check_fresh(&ts.to_string(), now), Ok(ts));
         }
         let old = check_fresh(&(now - 301).to_string(), now).unwrap_err();
         assert!(
