@@ -689,16 +689,7 @@ fn last_try_says_the_result_will_follow_and_the_next_message_brings_it() {
         "waited for the result first: {took:?}"
     );
     assert_eq!(content_of(&r, "oL"), "结果还在生成，稍后发任意消息查看");
-    // Once the command is done, the user's next message brings its result first.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !site.path("finished").exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        say(&w, "oL", "你好"),
-        format!("上次的结果：LATE RESULT\n\n{DEFAULT_REPLY}")
-    );
+    next_message_brings_the_late_result(&site, &w, "oL");
     assert_eq!(say(&w, "oL", "你好"), DEFAULT_REPLY, "delivered once");
     assert_eq!(site.read("runs.txt"), "run\n", "the command ran once");
 }
@@ -725,13 +716,19 @@ fn wechats_last_try_is_known_by_its_age_after_a_restart() {
         "within WeChat's 5 s: {took:?}"
     );
     assert_eq!(content_of(&r, "oA"), "结果还在生成，稍后发任意消息查看");
+    next_message_brings_the_late_result(&site, &w, "oA");
+}
+
+/// Once the slow script has printed `LATE RESULT` and touched `finished`, `from`'s next message
+/// is answered with that result first.
+fn next_message_brings_the_late_result(site: &Site, w: &Wxmp, from: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !site.path("finished").exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
-        say(&w, "oA", "你好"),
+        say(w, from, "你好"),
         format!("上次的结果：LATE RESULT\n\n{DEFAULT_REPLY}")
     );
 }
