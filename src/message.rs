@@ -319,11 +319,14 @@ pub fn leaf_fields(root: roxmltree::Node) -> Result<Vec<(String, String)>, Parse
     // Sized for the top level at once rather than grown by doubling (nested lists may add more).
     let mut out = Vec::with_capacity(root.children().filter(|c| c.is_element()).count());
     // Walked with a stack of its own, not by recursion: a signed body of 9,000 nested elements
-    // overflowed the thread's stack, which no `catch_unwind` can stop.
-    let mut parents = vec![(root.children(), String::new())];
-    while let Some((children, prefix)) = parents.last_mut() {
+    // overflowed the thread's stack, which no `catch_unwind` can stop. The stack is an array of
+    // MAX_DEPTH levels (no allocation a message), `depth` of them in use.
+    let mut parents: [(roxmltree::Children, String); MAX_DEPTH] =
+        std::array::from_fn(|_| (root.children(), String::new()));
+    let mut depth: usize = 1;
+    while let Some((children, prefix)) = depth.checked_sub(1).and_then(|i| parents.get_mut(i)) {
         let Some(child) = children.next() else {
-            parents.pop();
+            depth -= 1;
             continue;
         };
         if !child.is_element() {
@@ -335,10 +338,9 @@ pub fn leaf_fields(root: roxmltree::Node) -> Result<Vec<(String, String)>, Parse
             format!("{prefix}/{}", child.tag_name().name())
         };
         if child.children().any(|c| c.is_element()) {
-            if parents.len() >= MAX_DEPTH {
-                return Err(ParseError::TooDeep);
-            }
-            parents.push((child.children(), name));
+            let level = parents.get_mut(depth).ok_or(ParseError::TooDeep)?;
+            *level = (child.children(), name);
+            depth += 1;
         } else {
             let text: String = child
                 .children()
