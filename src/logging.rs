@@ -162,7 +162,8 @@ impl RotatingFile {
             prune_every: PRUNE_EVERY,
         };
         if let Err(e) = rf.prune_old() {
-            eprintln!(
+            let _ = writeln!(
+                io::stderr(),
                 "wxmp: cannot prune old log files in '{}': {e}",
                 rf.dir.display()
             );
@@ -420,7 +421,9 @@ impl Drop for RotatingFile {
 /// `log`: this runs while the logger's lock is held, and logging from here would deadlock.
 fn warn_once(warned: &mut bool, msg: std::fmt::Arguments<'_>) {
     if !*warned {
-        eprintln!("wxmp: log rotation: {msg}");
+        // Not `eprintln!`, which panics when stderr is gone (a closed terminal): this runs on
+        // the writer thread, whose death would silence the log for good.
+        let _ = writeln!(io::stderr(), "wxmp: log rotation: {msg}");
         *warned = true;
     }
 }
