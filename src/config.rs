@@ -373,8 +373,8 @@ pub fn generate_token() -> Result<String, String> {
 const SECRET_KEYS: [&str; 2] = ["token", "encoding_aes_key"];
 
 /// `e` without the quoted source line toml's `Display` adds; on a line that sets a secret, every
-/// word of its value is blanked out of the message too (serde's message quotes a value of the
-/// wrong type).
+/// word of its value and every value the message quotes (serde's message quotes a value of the
+/// wrong type as parsed: `token = 1_234` shows as `1234`) are blanked out too.
 fn toml_error(text: &str, e: &toml::de::Error) -> String {
     let mut message = e.message().trim().replace('\n', "; ");
     let Some(start) = e.span().map(|span| span.start) else {
@@ -394,8 +394,34 @@ fn toml_error(text: &str, e: &toml::de::Error) -> String {
                 message = message.replace(word, "…");
             }
         }
+        message = blank_quoted(&message);
     }
     format!("line {line}, column {column}: {message}")
+}
+
+/// `message` with the text between each pair of backquotes or double quotes replaced by `…`
+/// when it is 3 characters or more (an expected `'` stays: it says what to type).
+fn blank_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find(['`', '"']) {
+        let quote = &rest[open..open + 1];
+        let after = &rest[open + 1..];
+        let Some(close) = after.find(quote) else {
+            break;
+        };
+        out.push_str(&rest[..=open]);
+        let inner = &after[..close];
+        out.push_str(if inner.chars().count() >= 3 {
+            "…"
+        } else {
+            inner
+        });
+        out.push_str(quote);
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The commented file written on first run, holding `token`.
@@ -570,6 +596,19 @@ mod tests {
             assert!(!e.contains(secret), "{e}");
             assert!(e.contains(needle), "{e}");
         }
+        // Shown as parsed, not as written.
+        for (text, parsed) in [
+            ("token = 1_234_5678", "12345678"),
+            ("token = 0xdeadbeef", "3735928559"),
+            ("token = 1234e5", "123400000"),
+        ] {
+            let e = Config::from_toml(text).unwrap_err();
+            assert!(!e.contains(parsed), "{e}");
+            assert!(e.contains("line 1"), "{e}");
+        }
+        // What to type is not a secret.
+        let e = Config::from_toml("token = 'abc").unwrap_err();
+        assert!(e.contains("`'`"), "{e}");
         // Other lines keep what serde says of their values.
         let e = Config::from_toml("token = \"abc\"\nworkers = \"four\"").unwrap_err();
         assert!(e.contains("line 2") && e.contains("four"), "{e}");
