@@ -2,8 +2,9 @@
 //!
 //! One module a concern: [`signature`] checks WeChat's request signatures, [`message`] parses
 //! inbound XML, [`reply`] writes passive-reply XML, [`crypto`] handles safe mode (AES),
-//! [`config`] loads `wxmp.toml`, [`dedup`] makes retries idempotent, [`logging`] writes
-//! rotated logs and [`server`] ties them to a tiny_http recv loop. [`command`] checks the
+//! [`config`] loads `wxmp.toml`, [`dedup`] makes retries idempotent, [`replay`] lets a
+//! signed URL carry one message, [`logging`] writes rotated logs and [`server`] ties them to
+//! a tiny_http recv loop. [`command`] checks the
 //! `[[command]]` tables, [`router`] answers with them, [`exec`] runs their programs and
 //! [`pending`] keeps results that missed WeChat's last try for the user's next message;
 //! [`watchdog`] and [`strands`] keep tiny_http answering.
@@ -16,6 +17,7 @@ pub mod exec;
 pub mod logging;
 pub mod message;
 pub mod pending;
+pub mod replay;
 pub mod reply;
 pub mod router;
 pub mod send;

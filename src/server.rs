@@ -13,6 +13,7 @@ use crate::crypto::{self, CryptoError, MsgCrypt};
 use crate::dedup::{Claim, Dedup, Repeat, Ticket};
 use crate::message::{self, Message};
 use crate::pending::{self, Pending};
+use crate::replay::{Ledger, Seen};
 use crate::reply::Reply;
 use crate::router::{Handler, Route};
 use crate::signature;
@@ -157,6 +158,8 @@ struct App {
     live: RwLock<Arc<Live>>,
     handler: RwLock<Arc<dyn Handler>>,
     dedup: Dedup<Answer>,
+    /// The message each recent signed URL carried: a URL read from a log cannot sign another.
+    urls: Ledger,
     /// Results of slow work that missed the last try, for the user's next message.
     pending: Pending,
     stopping: AtomicBool,
@@ -192,6 +195,7 @@ impl Server {
             live: RwLock::new(Arc::new(Live::new(config)?)),
             handler: RwLock::new(handler),
             dedup: Dedup::default(),
+            urls: Ledger::default(),
             pending: Pending::default(),
             stopping: AtomicBool::new(false),
             fatal: std::sync::Mutex::new(None),
@@ -714,7 +718,7 @@ fn handle_request(app: &Arc<App>, req: Request) {
     }
     let query = Query::parse(query);
     match req.method() {
-        Method::Get => verify_url(req, config, &query, &ctx),
+        Method::Get => verify_url(app, req, config, &query, &ctx),
         Method::Post => handle_post(app, req, &live, &query, ctx),
         other => {
             warn!(
@@ -750,7 +754,7 @@ fn fresh(query: &Query) -> Result<u64, String> {
 
 /// GET: WeChat's URL verification. Echo `echostr` when the signature is valid and recent (a
 /// server whose clock is wrong fails already here, when the admin page is saved).
-fn verify_url(req: Request, config: &Config, query: &Query, ctx: &Ctx) {
+fn verify_url(app: &App, req: Request, config: &Config, query: &Query, ctx: &Ctx) {
     let Some(echo) = query.get("echostr") else {
         warn!("{} GET without echostr refused", ctx.peer);
         return respond_text(req, 403, "forbidden: not a WeChat verification request");
@@ -766,6 +770,11 @@ fn verify_url(req: Request, config: &Config, query: &Query, ctx: &Ctx) {
         warn!("{} URL verification refused: {why}", ctx.peer);
         return respond_text(req, 403, "forbidden: stale timestamp");
     }
+    // Remembered so that no POST can carry a message with this URL (`replay`).
+    app.urls.record_verification(
+        query.get("timestamp").unwrap_or_default(),
+        query.get("nonce").unwrap_or_default(),
+    );
     info!("{} URL verification passed", ctx.peer);
     let echo = echo.to_string();
     respond_text(req, 200, &echo);
@@ -844,7 +853,21 @@ fn handle_post(app: &Arc<App>, mut req: Request, live: &Live, query: &Query, mut
         .checked_sub(msg.create_time)
         .filter(|age| *age <= AGE_MEANINGFUL)
         .unwrap_or(0);
-    match app.dedup.claim(&msg.dedup_key()) {
+    let key = msg.dedup_key();
+    // The exact strings the signature covers: `sent_at` is their number.
+    let (timestamp, nonce) = (
+        query.get("timestamp").unwrap_or_default(),
+        query.get("nonce").unwrap_or_default(),
+    );
+    if app.urls.record(timestamp, nonce, &key) == Seen::Other {
+        warn!(
+            "{} POST refused (403): its signed URL (timestamp {sent_at}, nonce {:?}) already \
+             carried another message: a URL replayed from a log with a forged body",
+            ctx.peer, nonce
+        );
+        return respond_text(req, 403, "forbidden: signed URL already used");
+    }
+    match app.dedup.claim(&key) {
         Claim::First(ticket) => first_try(app, req, msg, ticket, ctx),
         Claim::Repeat(repeat) => repeated_try(app, req, msg, repeat, ctx),
     }

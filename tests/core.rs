@@ -67,6 +67,36 @@ fn a_signed_url_is_good_for_five_minutes_either_way() {
 }
 
 #[test]
+fn a_signed_url_carries_one_message_and_its_retries() {
+    let w = Wxmp::start("");
+    let url = signed_query("/", TOKEN);
+    let hi = text("oUser", "hi");
+    let first = w.request("POST", &url, &[], hi.as_bytes());
+    assert_text_reply(&first, "oUser", DEFAULT_REPLY);
+    // WeChat may retry with the first try's URL: the same message gets the same answer.
+    let retry = w.request("POST", &url, &[], hi.as_bytes());
+    assert_eq!((retry.status, &retry.body), (200, &first.body));
+    // The URL read from an access log, with another body (another sender): refused.
+    let forged = w.request("POST", &url, &[], text("oAdmin", "hi").as_bytes());
+    assert_eq!(
+        (forged.status, forged.body.as_str()),
+        (403, "forbidden: signed URL already used")
+    );
+    assert!(w.wait_for_log("already carried another message"));
+    // A verification's URL carries no message at all.
+    let verification = format!("{}&echostr=e", signed_query("/", TOKEN));
+    assert_eq!(w.get(&verification).body, "e");
+    let r = w.request("POST", &verification, &[], text("oAdmin", "hi").as_bytes());
+    assert_eq!(r.status, 403);
+    // And a URL of its own still carries a message.
+    assert_text_reply(
+        &w.post_signed(&text("oAdmin", "hi")),
+        "oAdmin",
+        DEFAULT_REPLY,
+    );
+}
+
+#[test]
 fn listening_beyond_loopback_is_warned_about() {
     let w = Wxmp::start("");
     let dir = config_dir("wxmp-open", "");
