@@ -836,6 +836,9 @@ mod tests {
         assert_eq!(m.decrypt(&raw(p)), Err(CryptoError::Padding));
         // A pad larger than the whole message.
         assert_eq!(m.decrypt(&raw(vec![32; 16])), Err(CryptoError::Padding));
+        // A pad exactly as long as the message is a valid pad: what is missing is the header.
+        assert_eq!(m.decrypt(&raw(vec![16; 16])), Err(CryptoError::TooShort));
+        assert_eq!(m.decrypt(&raw(vec![32; 32])), Err(CryptoError::TooShort));
     }
 
     #[test]
@@ -880,6 +883,25 @@ mod tests {
         assert!(bad_key(&format!("{KEY}=")).contains("remove the trailing '='"));
         assert!(bad_key(&format!(" {KEY}")).contains("whitespace"));
         assert!(bad_key("").contains("43 characters"));
+        // The '=' hint is for a 44th character that is '=', not for any 44 characters nor for
+        // any key that ends in '='.
+        let fix = "copy the EncodingAESKey again from the WeChat admin console \
+                   (Settings and Development → Basic Configuration)";
+        assert_eq!(
+            bad_key(&format!("{KEY}A")),
+            format!("it must be exactly 43 characters, but it has 44; {fix}")
+        );
+        assert_eq!(
+            bad_key(&format!("{}=", &KEY[..41])),
+            format!("it must be exactly 43 characters, but it has 42; {fix}")
+        );
+        assert_eq!(
+            bad_key(&format!("{KEY}=")),
+            format!(
+                "it must be exactly 43 characters, but it has 44; remove the trailing '=' \
+                 (wxmp appends it itself); {fix}"
+            )
+        );
         let mut k = KEY.to_owned();
         k.replace_range(10..11, "-");
         assert!(bad_key(&k).contains("character 11"));
@@ -906,6 +928,13 @@ mod tests {
             MsgCrypt::new(TOKEN, KEY, ""),
             Err(CryptoError::BadConfig(_))
         ));
+    }
+
+    #[test]
+    fn the_configured_appid_is_kept() {
+        assert_eq!(mc().app_id(), APPID);
+        let other = MsgCrypt::new(TOKEN, KEY, "wx0000000000000000").unwrap();
+        assert_eq!(other.app_id(), "wx0000000000000000");
     }
 
     #[test]
@@ -971,6 +1000,18 @@ mod tests {
         assert!(a.bytes().all(|b| b.is_ascii_digit()));
         assert_ne!(a, random_nonce());
         assert_ne!(fallback_random(), fallback_random());
+    }
+
+    #[test]
+    fn fallback_random_spreads_over_all_64_bits() {
+        // The finaliser's last step mixes the high half into the low one: without it (or with
+        // `&` or `|` in place of `^`) the values stay below 2^33 or have too many bits set.
+        // 256 values of a well-mixed 64-bit function set every bit somewhere and about 32 bits
+        // each; the bounds are 16 standard deviations of the mean away.
+        let values: Vec<u64> = (0..256).map(|_| fallback_random()).collect();
+        assert_eq!(values.iter().fold(0, |acc, v| acc | v), u64::MAX);
+        let ones: u32 = values.iter().map(|v| v.count_ones()).sum();
+        assert!((28 * 256..=36 * 256).contains(&ones), "{ones} bits set");
     }
 
     #[test]

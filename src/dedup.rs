@@ -467,4 +467,86 @@ mod tests {
         );
         assert!(matches!(d.claim("0"), Claim::First(_)), "the oldest went");
     }
+
+    #[test]
+    fn answers_weigh_their_bytes() {
+        assert_eq!(7u32.weight(), 4);
+        assert_eq!(String::from("数据").weight(), 6);
+        assert_eq!(Arc::<str>::from("数据").weight(), 6);
+        let d: Dedup<u32> = Dedup::default();
+        for i in 0..3 {
+            if let Claim::First(t) = d.claim(&i.to_string()) {
+                t.complete(i);
+            }
+        }
+        assert_eq!(d.bytes(), 12);
+        let d: Dedup<Arc<str>> = Dedup::default();
+        if let Claim::First(t) = d.claim("k") {
+            t.complete("<xml>回复</xml>".into());
+        }
+        assert_eq!(d.bytes(), 17);
+    }
+
+    #[test]
+    fn the_byte_budget_binds_only_once_it_is_exceeded() {
+        let d: Dedup<String> = Dedup::with_budget(Duration::from_secs(30), 100, 10);
+        for (key, answer) in [("a", "1234"), ("b", "123456")] {
+            if let Claim::First(t) = d.claim(key) {
+                t.complete(answer.into());
+            }
+        }
+        // Exactly at the budget: nothing goes.
+        let Claim::First(c) = d.claim("c") else {
+            panic!()
+        };
+        assert_eq!((d.len(), d.bytes()), (3, 10));
+        c.complete("12345".into());
+        // Over it by more than the oldest answer: the two oldest go.
+        let _d = d.claim("d");
+        assert_eq!((d.len(), d.bytes()), (2, 5));
+        assert!(matches!(d.claim("c"), Claim::Repeat(_)));
+        assert!(matches!(d.claim("a"), Claim::First(_)));
+    }
+
+    #[test]
+    fn a_waiting_retry_is_woken_by_the_answer() {
+        let d: Dedup<u32> = Dedup::default();
+        let Claim::First(t) = d.claim("k") else {
+            panic!()
+        };
+        let Claim::Repeat(r) = d.claim("k") else {
+            panic!()
+        };
+        let slot = Arc::clone(&r.slot);
+        let (done, answered) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            // Woken by the answer, not by this hour running out.
+            let _ = done.send(r.wait(Duration::from_secs(3600)));
+        });
+        // Completed once the retry waits on the condition variable (it counts itself first).
+        while slot.waiters.load(Ordering::SeqCst) == 0 {
+            thread::yield_now();
+        }
+        t.complete(7);
+        // A missed wake-up would make it wait the hour: the test fails instead of hanging.
+        assert_eq!(answered.recv_timeout(Duration::from_secs(60)), Ok(Some(7)));
+    }
+
+    #[test]
+    fn is_empty_and_since_first() {
+        let d: Dedup<u32> = Dedup::default();
+        assert!(d.is_empty());
+        let Claim::First(_t) = d.claim("k") else {
+            panic!()
+        };
+        assert!(!d.is_empty());
+        let claimed = Instant::now();
+        thread::sleep(Duration::from_millis(2));
+        let Claim::Repeat(r) = d.claim("k") else {
+            panic!()
+        };
+        // The first try came before `claimed`, so at least this much ago (2 ms or more).
+        let at_least = claimed.elapsed();
+        assert!(r.since_first() >= at_least, "{:?}", r.since_first());
+    }
 }

@@ -724,6 +724,50 @@ mod tests {
     }
 
     #[test]
+    fn text_is_said_trimmed_and_other_kinds_say_nothing() {
+        let m = parse("<xml><FromUserName>u</FromUserName><MsgType>text</MsgType><Content><![CDATA[ 天气。\n]]></Content><MsgId>5</MsgId></xml>").unwrap();
+        assert_eq!(m.said().as_deref(), Some("天气。"));
+        let m = parse("<xml><FromUserName>u</FromUserName><MsgType>image</MsgType><MediaId>m</MediaId><MsgId>5</MsgId></xml>").unwrap();
+        assert_eq!(m.said(), None);
+    }
+
+    #[test]
+    fn parse_errors_say_what_is_wrong() {
+        let cases = [
+            (
+                ParseError::Xml("unexpected end of stream".into()),
+                "body is not well-formed XML without a DTD: unexpected end of stream",
+            ),
+            (
+                ParseError::Root("foo".into()),
+                "root element is <foo>, expected <xml>",
+            ),
+            (
+                ParseError::Missing("MsgType"),
+                "required field <MsgType> is missing or empty",
+            ),
+            (
+                ParseError::NotANumber {
+                    field: "CreateTime".into(),
+                    value: "x\"y".into(),
+                },
+                "field <CreateTime> should be a number, got \"x\\\"y\"",
+            ),
+            (
+                ParseError::TooDeep,
+                "elements nest more than 8 deep (WeChat's messages nest at most 4)",
+            ),
+            (
+                ParseError::ControlCharacter("Event"),
+                "field <Event> holds a control character",
+            ),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.to_string(), text);
+        }
+    }
+
+    #[test]
     fn summary_is_one_line_of_at_most_40_characters() {
         let text = |content: &str| {
             let xml = format!(
