@@ -1,13 +1,13 @@
 //! wxmp: a small, fast, trustworthy server for a WeChat Official Account.
 //!
 //! One module a concern: [`signature`] checks WeChat's request signatures, [`message`] parses
-//! inbound XML, [`reply`] writes passive-reply XML, [`crypto`] handles safe mode (AES),
-//! [`config`] loads `wxmp.toml`, [`dedup`] makes retries idempotent, [`replay`] lets a
-//! signed URL carry one message, [`logging`] writes rotated logs and [`server`] ties them to
-//! a tiny_http recv loop. [`command`] checks the
-//! `[[command]]` tables, [`router`] answers with them, [`exec`] runs their programs and
-//! [`pending`] keeps results that missed WeChat's last try for the user's next message;
-//! [`watchdog`] and [`strands`] keep tiny_http answering.
+//! inbound XML, [`reply`] writes passive-reply XML, [`crypto`] handles safe mode (AES) with
+//! [`random`] bytes, [`config`] loads `wxmp.toml`, [`dedup`] makes retries idempotent,
+//! [`replay`] lets a signed URL carry one message, [`logging`] writes rotated logs and
+//! [`server`] ties them to a tiny_http recv loop. [`command`] checks the `[[command]]` tables,
+//! [`router`] answers with them, [`exec`] runs their programs and [`pending`] keeps results
+//! that missed WeChat's last try for the user's next message; [`watchdog`] and [`strands`] keep
+//! tiny_http answering.
 
 pub mod command;
 pub mod config;
@@ -17,6 +17,7 @@ pub mod exec;
 pub mod logging;
 pub mod message;
 pub mod pending;
+pub mod random;
 pub mod replay;
 pub mod reply;
 pub mod router;
