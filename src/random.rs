@@ -89,6 +89,26 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_is_used_to_its_last_byte() {
+        std::thread::spawn(|| {
+            // 32 draws of 16 bytes are exactly one batch: the last one takes its last bytes.
+            for _ in 0..32 {
+                let _: [u8; 16] = bytes().unwrap();
+            }
+            assert_eq!(used(), BATCH);
+            // A draw of a whole batch is served from a fresh batch of its own.
+            let _: [u8; 24] = bytes().unwrap();
+            assert_eq!(used(), 24);
+            let mut whole = [0u8; BATCH];
+            fill(&mut whole).unwrap();
+            assert_eq!(used(), BATCH);
+            assert!(whole.iter().any(|&x| x != 0));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
     fn no_bytes_are_handed_out_twice() {
         // 16-byte draws over several batches: a repeat would mean a byte went out twice.
         let draws: HashSet<[u8; 16]> = (0..2000).map(|_| bytes().unwrap()).collect();

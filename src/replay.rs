@@ -194,6 +194,7 @@ mod tests {
     #[test]
     fn a_capacity_of_zero_still_remembers_one() {
         let ledger = Ledger::new(0);
+        assert!(ledger.is_empty());
         assert_eq!(ledger.record("1", "1", "a"), Seen::First);
         assert_eq!(ledger.record("1", "1", "b"), Seen::Other);
         assert!(!ledger.is_empty());
