@@ -1060,4 +1060,286 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn an_event_already_answered_by_an_earlier_command_is_refused() {
+        let errors = parse(
+            r#"
+            [[command]]
+            event = "CLICK"
+            key = "A"
+            reply = "1"
+            [[command]]
+            event = "click"
+            key = "A"
+            reply = "2"
+            [[command]]
+            event = "VIEW"
+            reply = "3"
+            [[command]]
+            event = "VIEW"
+            key = "B"
+            reply = "4"
+            [[command]]
+            event = "CLICK"
+            key = "B"
+            reply = "5"
+            [[command]]
+            event = "SCAN"
+            key = "A"
+            reply = "6"
+            [[command]]
+            event = "CLICK"
+            reply = "7 (after keyed ones: answers the other keys)"
+            "#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "command #2 (event click): key `key`: command #1 already answers this event and key",
+                "command #4 (event view): key `key`: command #3 already answers this event with any key",
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_command_by_its_rule_and_position() {
+        let errors = parse(
+            r#"
+            [[command]]
+            name = "a"
+            reply = "x"
+            x = 1
+            [[command]]
+            prefix = "p"
+            reply = "x"
+            x = 1
+            [[command]]
+            regex = "r"
+            reply = "x"
+            x = 1
+            [[command]]
+            event = "CLICK"
+            key = "K"
+            reply = "x"
+            x = 1
+            [[command]]
+            event = "CLICK"
+            reply = "x"
+            x = 1
+            [[command]]
+            reply = "x"
+            x = 1
+            "#,
+        )
+        .unwrap_err();
+        let labels: Vec<&str> = errors
+            .iter()
+            .map(|e| e.split(": ").next().unwrap())
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                "command #1 (name \"a\")",
+                "command #2 (prefix \"p\")",
+                "command #3 (regex 'r')",
+                "command #4 (event CLICK key \"K\")",
+                "command #5 (event CLICK)",
+                "command #6",
+                "command #6",
+            ]
+        );
+        assert_eq!(
+            errors[0],
+            format!(
+                "command #1 (name \"a\"): key `x`: unknown key; a command may have: {}",
+                KEYS.join(", ")
+            )
+        );
+        let cmds = parse(
+            "[[command]]\nname = \"a\"\nreply = \"x\"\n[[command]]\nname = \"b\"\nreply = \"y\"",
+        )
+        .unwrap();
+        assert_eq!(cmds.iter().map(|c| c.index).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn timeouts_are_more_than_0_and_at_most_14_seconds() {
+        let exec = |t: &str| parse(&format!("[[command]]\nname = \"a\"\nexec = [\"sh\"]\n{t}"));
+        assert_eq!(exec("").unwrap()[0].timeout, Duration::from_secs(4));
+        for (t, secs) in [("0.5", 0.5), ("2", 2.0), ("14", 14.0), ("14.0", 14.0)] {
+            let cmds = exec(&format!("timeout = {t}")).unwrap();
+            assert_eq!(cmds[0].timeout, Duration::from_secs_f64(secs), "{t}");
+        }
+        for t in ["0", "0.0", "-1", "14.5", "15"] {
+            let errors = exec(&format!("timeout = {t}")).unwrap_err();
+            assert_eq!(errors.len(), 1, "{t}: {errors:?}");
+            assert!(
+                errors[0].contains("key `timeout`: ")
+                    && errors[0].contains(" is out of range: more than 0 and at most 14 seconds"),
+                "{t}: {errors:?}"
+            );
+        }
+        let errors = parse("[[command]]\nname = \"a\"\nreply = \"x\"\ntimeout = 2").unwrap_err();
+        assert_eq!(
+            errors,
+            ["command #1 (name \"a\"): key `timeout`: only applies to `exec` commands"]
+        );
+    }
+
+    #[test]
+    fn listings_cut_long_texts_at_40_characters() {
+        assert_eq!(one_line(&"数".repeat(40), 40), "数".repeat(40));
+        assert_eq!(
+            one_line(&"数".repeat(41), 40),
+            format!("{}…", "数".repeat(40))
+        );
+        assert_eq!(one_line("a\nb\tc", 40), "a b c");
+        assert_eq!(one_line("", 40), "");
+    }
+
+    #[test]
+    fn media_tables_keep_every_field_and_their_urls_must_be_http() {
+        let cmds = parse(
+            r#"
+            [[command]]
+            name = "v"
+            video = { media_id = "M", title = "T", description = "D" }
+            [[command]]
+            name = "m"
+            music = { title = "T", description = "D", music_url = "http://a", hq_music_url = "https://b", thumb_media_id = "TH" }
+            [[command]]
+            name = "m2"
+            music = { thumb_media_id = "TH" }
+            [[command]]
+            name = "n"
+            news = [{ title = "T", description = "D", url = "https://u", picurl = "http://p" }, { title = "T2" }]
+            "#,
+        )
+        .unwrap();
+        let media = |c: &Command| match &c.action {
+            Action::Media(r) => r.clone(),
+            other => panic!("{other:?}"),
+        };
+        let s = |t: &str| t.to_string();
+        assert_eq!(
+            media(&cmds[0]),
+            Reply::Video {
+                media_id: s("M"),
+                title: s("T"),
+                description: s("D")
+            }
+        );
+        assert_eq!(
+            media(&cmds[1]),
+            Reply::Music {
+                title: s("T"),
+                description: s("D"),
+                music_url: s("http://a"),
+                hq_music_url: s("https://b"),
+                thumb_media_id: s("TH")
+            }
+        );
+        assert_eq!(
+            media(&cmds[2]),
+            Reply::Music {
+                title: s(""),
+                description: s(""),
+                music_url: s(""),
+                hq_music_url: s(""),
+                thumb_media_id: s("TH")
+            }
+        );
+        let Action::News(articles) = &cmds[3].action else {
+            panic!("{:?}", cmds[3].action)
+        };
+        assert_eq!(
+            articles,
+            &[
+                Article {
+                    title: s("T"),
+                    description: s("D"),
+                    pic_url: s("http://p"),
+                    url: s("https://u")
+                },
+                Article {
+                    title: s("T2"),
+                    ..Article::default()
+                }
+            ]
+        );
+
+        let errors = parse(
+            r#"
+            [[command]]
+            name = "m"
+            music = { thumb_media_id = "TH", music_url = "ftp://a" }
+            [[command]]
+            name = "m2"
+            music = { thumb_media_id = "TH", hq_music_url = "www.b" }
+            [[command]]
+            name = "n"
+            news = [{ title = "T", url = "ftp://u" }, { title = "T", picurl = "p.jpg" }]
+            [[command]]
+            name = "v"
+            video = { media_id = " ", title = "T" }
+            "#,
+        )
+        .unwrap_err();
+        let http = "must start with http:// or https://";
+        assert_eq!(
+            errors,
+            [
+                format!("command #1 (name \"m\"): key `music.music_url`: {http}"),
+                format!("command #2 (name \"m2\"): key `music.hq_music_url`: {http}"),
+                format!("command #3 (name \"n\"): key `news[1].url`: {http}"),
+                format!("command #3 (name \"n\"): key `news[2].picurl`: {http}"),
+                "command #4 (name \"v\"): key `video.media_id`: is required and must not be empty"
+                    .to_string(),
+            ]
+        );
+        let eight = format!(
+            "[[command]]\nname = \"n\"\nnews = [{}]",
+            ["{ title = \"T\" }"; 8].join(", ")
+        );
+        let cmds = parse(&eight).unwrap();
+        assert!(matches!(&cmds[0].action, Action::News(a) if a.len() == 8));
+    }
+
+    #[test]
+    fn a_program_must_be_an_executable_file() {
+        let dir = std::env::temp_dir().join(format!("wxmp-find-program-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        for (name, mode) in [("x.sh", 0o755), ("u.sh", 0o700), ("n.sh", 0o644)] {
+            std::fs::write(dir.join(name), "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(mode))
+                .unwrap();
+        }
+        std::fs::set_permissions(dir.join("sub"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let d = dir.display();
+        assert_eq!(find_program("./x.sh", &dir), Ok(dir.join("x.sh")));
+        assert_eq!(find_program("./u.sh", &dir), Ok(dir.join("u.sh")));
+        let not_exec = |p: &str| {
+            Err(format!(
+                "program {d}/{p} is not an executable file (chmod +x it, and start scripts with #!)"
+            ))
+        };
+        assert_eq!(find_program("./n.sh", &dir), not_exec("n.sh"));
+        assert_eq!(find_program("./sub", &dir), not_exec("sub"));
+        assert_eq!(
+            find_program("./missing.sh", &dir),
+            Err(format!("program {d}/missing.sh does not exist"))
+        );
+        assert_eq!(find_program("sh", &dir), Ok(PathBuf::from("sh")));
+        assert_eq!(
+            find_program("no-such-program-wxmp", &dir),
+            Err(
+                "program \"no-such-program-wxmp\" is not on PATH; give its path \
+                 (\"./no-such-program-wxmp\" for one in the config folder)"
+                    .to_string()
+            )
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

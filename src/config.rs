@@ -632,4 +632,92 @@ mod tests {
         let c = Config::from_toml("token = \"abc\"\npath = \"/wx/healthz\"").unwrap();
         assert!(c.validate().is_ok());
     }
+
+    #[test]
+    fn workers_are_1_to_256() {
+        let workers = |n: usize| {
+            Config::from_toml(&format!("token = \"abc\"\nworkers = {n}"))
+                .unwrap()
+                .validate()
+        };
+        assert_eq!(workers(1), Ok(()));
+        assert_eq!(workers(256), Ok(()));
+        for n in [0, 257, 1000] {
+            assert_eq!(
+                workers(n),
+                Err(vec![format!("workers = {n} must be between 1 and 256")])
+            );
+        }
+    }
+
+    #[test]
+    fn relative_paths_are_resolved_against_the_config_folder() {
+        let from = |source: Option<&str>| {
+            let c = Config {
+                source: source.map(PathBuf::from),
+                ..Config::default()
+            };
+            c.base_dir()
+        };
+        assert_eq!(from(None), PathBuf::from("."));
+        assert_eq!(from(Some("wxmp.toml")), PathBuf::from("."));
+        assert_eq!(from(Some("conf/wxmp.toml")), PathBuf::from("conf"));
+        assert_eq!(
+            from(Some("/etc/wxmp/wxmp.toml")),
+            PathBuf::from("/etc/wxmp")
+        );
+    }
+
+    #[test]
+    fn the_config_file_is_the_argument_then_wxmp_config_then_wxmp_toml() {
+        let env = |k: &str| (k == "WXMP_CONFIG").then(|| "from/env.toml".to_string());
+        assert_eq!(
+            resolve_path(Some(Path::new("cli.toml")), env),
+            PathBuf::from("cli.toml")
+        );
+        assert_eq!(resolve_path(None, env), PathBuf::from("from/env.toml"));
+        assert_eq!(resolve_path(None, |_| None), PathBuf::from("wxmp.toml"));
+    }
+
+    #[test]
+    fn generated_tokens_use_every_character_evenly() {
+        // 10 000 tokens: each of the 62 characters is expected 5161 times (sd ~71). A byte
+        // 248 let through would give 'A' 5/249 of the draws: ~6426.
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..10_000 {
+            let token = generate_token().unwrap();
+            assert_eq!(token.len(), 32);
+            for c in token.chars() {
+                *counts.entry(c).or_insert(0u32) += 1;
+            }
+        }
+        assert_eq!(counts.len(), 62, "{counts:?}");
+        assert!(
+            counts.values().all(|&n| (4700..5650).contains(&n)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn restart_only_changes_are_named_as_in_the_file() {
+        let a = Config::from_toml("token = \"abc\"").unwrap();
+        assert_eq!(a.restart_only_changes(&a.clone()), Vec::<&str>::new());
+        let b = Config::from_toml(
+            "token = \"xyz\"\nlisten = \"127.0.0.1:1\"\nworkers = 2\n[log]\ndir = \"l2\"\nmax_size = \"1MB\"\nkeep_days = 3\nlevel = \"debug\"",
+        )
+        .unwrap();
+        assert_eq!(
+            a.restart_only_changes(&b),
+            [
+                "listen",
+                "workers",
+                "[log] dir",
+                "[log] max_size",
+                "[log] keep_days",
+                "[log] level"
+            ]
+        );
+        let same = Config::from_toml("token = \"abc\"\n[log]\nmax_size = \"500 MB\"").unwrap();
+        assert_eq!(a.restart_only_changes(&same), Vec::<&str>::new());
+    }
 }

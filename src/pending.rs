@@ -159,6 +159,7 @@ fn attach_locked(inner: &mut Inner, openid: &str, reply: Reply) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reply::CUT_MARK;
     use std::sync::Arc;
 
     #[test]
@@ -263,5 +264,67 @@ mod tests {
         // A user already in the table still gets theirs kept.
         late(&p, "again", "o0", "r2");
         assert_eq!(p.waiting("o0"), 2);
+    }
+
+    #[test]
+    fn late_results_share_exactly_what_the_answer_leaves_of_2048_bytes() {
+        // Two results: each gets (2048 - 10 - 2 * (18 + 2)) / 2 = 999 bytes, and the whole
+        // text is exactly 2048 bytes (LATE_PREFIX is 18 bytes, each result ends in "\n\n").
+        let p = Pending::default();
+        late(&p, "k1", "oU", &"a".repeat(3000));
+        late(&p, "k2", "oU", &"b".repeat(3000));
+        let Reply::Text(t) = p.attach("oU", Reply::Text("THE ANSWER".into())) else {
+            panic!()
+        };
+        let cut = |c: &str| format!("{}{}", c.repeat(999 - CUT_MARK.len()), CUT_MARK);
+        assert_eq!(
+            t,
+            format!(
+                "上次的结果：{}\n\n上次的结果：{}\n\nTHE ANSWER",
+                cut("a"),
+                cut("b")
+            )
+        );
+        assert_eq!(t.len(), 2048);
+
+        // A long answer leaves less than a quarter: the result still gets 2048 / 4 = 512 bytes.
+        late(&p, "k3", "oU", &"b".repeat(3000));
+        let answer = "c".repeat(1900);
+        let Reply::Text(t) = p.attach("oU", Reply::Text(answer.clone())) else {
+            panic!()
+        };
+        let result = format!("{}{}", "b".repeat(512 - CUT_MARK.len()), CUT_MARK);
+        assert_eq!(t, format!("上次的结果：{result}\n\n{answer}"));
+    }
+
+    #[test]
+    fn an_orphan_mark_outlives_the_next_give_up() {
+        let p = Pending::default();
+        assert_eq!(p.give_up::<()>("k1", || None), None);
+        assert_eq!(p.give_up::<()>("k2", || None), None);
+        p.finish("k1", "oU", Reply::Text("one".into()), |_| {});
+        p.finish("k2", "oU", Reply::Text("two".into()), |_| {});
+        assert_eq!(p.waiting("oU"), 2, "both messages were orphaned");
+    }
+
+    #[test]
+    fn a_blank_late_result_is_not_kept() {
+        let p = Pending::default();
+        let mut recorded = None;
+        p.give_up::<()>("k", || None);
+        p.finish("k", "oU", Reply::Text(" \n ".into()), |r| {
+            recorded = Some(r)
+        });
+        assert_eq!(recorded, Some(Reply::Text(" \n ".into())));
+        assert_eq!(p.waiting("oU"), 0);
+        assert_eq!(
+            p.attach("oU", Reply::Text("new".into())),
+            Reply::Text("new".into())
+        );
+    }
+
+    #[test]
+    fn late_results_wait_a_day() {
+        assert_eq!(KEEP, Duration::from_secs(86_400));
     }
 }

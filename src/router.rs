@@ -475,10 +475,99 @@ mod tests {
         let big = dir.join("big.txt");
         let limit = usize::try_from(FILE_READ_LIMIT).unwrap();
         std::fs::write(&big, "y".repeat(limit + 10)).unwrap();
-        assert_eq!(read_regular(&big).unwrap().map(|t| t.len()), Some(limit));
+        assert_eq!(read_regular(&big).unwrap().map(|t| t.len()), Some(65_536));
         assert_eq!(read_regular(&dir).unwrap(), None, "a directory is not read");
         let missing = read_regular(&dir.join("missing")).unwrap_err();
         assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn router(toml: &str) -> Router {
+        let config = Config::from_toml(&format!("token = \"abc\"\n{toml}")).unwrap();
+        Router::from_config(&config).unwrap()
+    }
+
+    /// The text answer to `said` from `from`.
+    fn answer(r: &Router, from: &str, said: &str) -> String {
+        let xml = format!(
+            "<xml><ToUserName>gh</ToUserName><FromUserName>{from}</FromUserName>\
+             <CreateTime>1</CreateTime><MsgType>text</MsgType><Content>{said}</Content>\
+             <MsgId>1</MsgId></xml>"
+        );
+        match r.route(&crate::message::parse(&xml).unwrap()) {
+            Route::Now(Reply::Text(t)) => t,
+            Route::Now(other) => panic!("not a text: {other:?}"),
+            Route::Later(_) => panic!("not answered now"),
+        }
+    }
+
+    #[test]
+    fn help_lists_names_prefixes_and_regexes_with_help_and_admin_commands_for_admins() {
+        let r = router(
+            r#"
+admins = ["oBoss"]
+[[command]]
+name = "天气"
+aliases = ["weather"]
+reply = "晴"
+help = "今天的天气"
+[[command]]
+prefix = "查 "
+reply = "{args}"
+[[command]]
+regex = '^价格\s+(\S+)$'
+reply = "{1}"
+help = "价格 商品名：查价格"
+[[command]]
+regex = '^秘密$'
+reply = "x"
+[[command]]
+event = "CLICK"
+reply = "x"
+help = "not listed"
+[[command]]
+name = "重启"
+admin = true
+reply = "ok"
+"#,
+        );
+        let guest = "可用指令：\n天气 / weather：今天的天气\n查…\n价格 商品名：查价格";
+        let tail = "\nwhoami / 我的id：你的 openid\n帮助 / help：本列表";
+        assert_eq!(answer(&r, "oGuest", "help"), format!("{guest}{tail}"));
+        assert_eq!(
+            answer(&r, "oBoss", "帮助"),
+            format!("{guest}\n重启（管理）{tail}")
+        );
+    }
+
+    #[test]
+    fn describe_lists_each_command_and_notes_admin_commands_nobody_may_run() {
+        let r = router("[[command]]\nname = \"a\"\nadmin = true\nreply = \"x\"\nhelp = \"h\"");
+        assert_eq!(r.commands().len(), 1);
+        assert_eq!(r.commands()[0].rule(), "name a");
+        assert_eq!(
+            r.describe(),
+            [
+                "commands: 1",
+                "  #1   name a  ->  reply \"x\"  [admin]  help: h",
+                "built-in: 帮助 / help / ? / ？ (help), whoami / 我的id (your openid), unless a \
+                 command has the same name",
+                "admins: 0",
+                "  note: admin commands answer nobody until `admins` lists an openid (send \
+                 `whoami` to the account to see yours)",
+            ]
+        );
+        let with_admin =
+            router("admins = [\"oBoss\"]\n[[command]]\nname = \"a\"\nadmin = true\nreply = \"x\"");
+        assert_eq!(with_admin.describe().last().unwrap(), "admins: 1");
+        let no_admin_command = router("[[command]]\nname = \"a\"\nreply = \"x\"");
+        assert_eq!(no_admin_command.describe().last().unwrap(), "admins: 0");
+    }
+
+    #[test]
+    fn timeouts_are_told_in_whole_or_decimal_seconds() {
+        assert_eq!(secs(Duration::from_secs(4)), "4");
+        assert_eq!(secs(Duration::from_millis(2500)), "2.5");
+        assert_eq!(secs(Duration::from_millis(500)), "0.5");
     }
 }

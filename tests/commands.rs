@@ -244,7 +244,7 @@ fn file_is_read_at_each_request_relative_to_the_config_folder() {
     site.write(
         "conf/wxmp.toml",
         &config_text(
-            "[[command]]\nname = \"新闻\"\nfile = \"data/news.txt\"\n[[command]]\nname = \"管道\"\nfile = \"data/pipe\"",
+            "[[command]]\nname = \"新闻\"\nfile = \"data/news.txt\"\n[[command]]\nname = \"管道\"\nfile = \"data/pipe\"\n[[command]]\nname = \"环\"\nfile = \"data/loop\"",
         ),
     );
     std::fs::create_dir_all(site.path("conf/data")).unwrap();
@@ -268,6 +268,19 @@ fn file_is_read_at_each_request_relative_to_the_config_folder() {
     assert_eq!(say(&w, "oA", "管道"), "暂无数据");
     assert!(t.elapsed() < Duration::from_secs(1));
     assert!(w.wait_for_log("not a regular file"));
+    // A file that cannot be read (a symlink loop here) is not called missing in the log.
+    std::os::unix::fs::symlink("loop", site.path("conf/data/loop")).unwrap();
+    assert_eq!(say(&w, "oA", "环"), "暂无数据");
+    assert!(
+        w.wait_for_log("data/loop: Too many levels of symbolic links"),
+        "{}",
+        w.stderr()
+    );
+    assert!(
+        !w.stderr().contains("loop does not exist yet"),
+        "{}",
+        w.stderr()
+    );
 }
 
 #[test]
@@ -561,13 +574,37 @@ fn non_zero_exit_is_a_clear_text_and_empty_output_is_not_empty() {
     let site = Site::new("cmd-fail");
     site.script("fail.sh", "echo partial; echo broken pipe >&2; exit 3");
     site.script("quiet.sh", "exit 0");
+    // Stderr lines: the first 50 are logged, then a count of the rest.
+    let noisy = |n: u32, tag: &str| {
+        format!("i=1; while [ $i -le {n} ]; do echo \"{tag}$i.\" >&2; i=$((i+1)); done; echo ok")
+    };
+    site.script("fifty.sh", &noisy(50, "f"));
+    site.script("fiftyone.sh", &noisy(51, "g"));
     let w = site.serve(
-        "[[command]]\nname = \"坏\"\nexec = [\"./fail.sh\"]\n[[command]]\nname = \"静\"\nexec = [\"./quiet.sh\"]",
+        "[[command]]\nname = \"坏\"\nexec = [\"./fail.sh\"]\n[[command]]\nname = \"静\"\nexec = [\"./quiet.sh\"]\n\
+         [[command]]\nname = \"五十\"\nexec = [\"./fifty.sh\"]\n[[command]]\nname = \"五十一\"\nexec = [\"./fiftyone.sh\"]",
     );
     assert_eq!(say(&w, "oF", "坏"), "指令执行失败（退出码 3）");
     assert!(w.wait_for_log("exit code 3"));
     assert!(w.wait_for_log("stderr: broken pipe"));
     assert_eq!(say(&w, "oF", "静"), "（指令没有输出）");
+    let logged_at = |level: &str, needle: &str| {
+        w.stderr()
+            .lines()
+            .any(|l| l.contains(level) && l.contains(needle))
+    };
+    assert!(logged_at("[WARN ", "stderr: broken pipe"), "{}", w.stderr());
+    assert_eq!(say(&w, "oF", "五十"), "ok");
+    assert!(w.wait_for_log("stderr: f50."), "{}", w.stderr());
+    assert!(
+        logged_at("[INFO ", "stderr: f1."),
+        "a program that succeeded: {}",
+        w.stderr()
+    );
+    assert!(!w.stderr().contains("more lines"), "{}", w.stderr());
+    assert_eq!(say(&w, "oF", "五十一"), "ok");
+    assert!(w.wait_for_log("stderr: … 1 more lines"), "{}", w.stderr());
+    assert!(w.stderr().contains("stderr: g50.") && !w.stderr().contains("g51."));
 }
 
 /// Whether process `pid` is gone (or a zombie waiting for a reaper).
