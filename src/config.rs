@@ -720,4 +720,16 @@ mod tests {
         let same = Config::from_toml("token = \"abc\"\n[log]\nmax_size = \"500 MB\"").unwrap();
         assert_eq!(a.restart_only_changes(&same), Vec::<&str>::new());
     }
+
+    #[test]
+    fn quoted_texts_of_3_characters_or_more_are_blanked_pair_by_pair() {
+        assert_eq!(
+            blank_quoted("a `xy` b \"abcd\" c `'` d `efg"),
+            "a `xy` b \"…\" c `'` d `efg"
+        );
+        assert_eq!(
+            Config::from_toml("token = 12345678").unwrap_err(),
+            "line 1, column 9: invalid type: integer `…`, expected a string"
+        );
+    }
 }
