@@ -140,7 +140,9 @@ fn attach_locked(inner: &mut Inner, openid: &str, reply: Reply) -> Reply {
     if results.is_empty() {
         return Reply::Text(answer);
     }
-    // Leave room for the new answer: the late results are cut first.
+    // The late results get what the new answer leaves of the 2048 bytes, but never less than a
+    // quarter of them, so that they always show: an answer of over ~1.5 KB then loses its end to
+    // the reply's own cut (with its mark) rather than the late results being cut to nothing.
     let overhead = (LATE_PREFIX.len() + 2) * results.len();
     let budget = TEXT_LIMIT
         .saturating_sub(answer.len() + overhead)
