@@ -316,13 +316,12 @@ impl Shared {
 
     /// A signed POST of `body`, given up on after `timeout` like WeChat.
     fn post(&self, body: &str, timeout: Duration) -> Result<Resp, Fail> {
-        exchange(
-            self.w.addr,
-            "POST",
-            &signed_query("/", TOKEN),
-            body.as_bytes(),
-            timeout,
-        )
+        self.post_to(&signed_query("/", TOKEN), body, timeout)
+    }
+
+    /// [`Shared::post`] to a given signed `target` (a retry may reuse its first try's URL).
+    fn post_to(&self, target: &str, body: &str, timeout: Duration) -> Result<Resp, Fail> {
+        exchange(self.w.addr, "POST", target, body.as_bytes(), timeout)
     }
 
     /// Sleeps `d`, waking early at the deadline; false once the deadline has passed.
@@ -477,18 +476,25 @@ fn one(sh: &Shared, kind: &'static str, t: usize) {
 fn retry(sh: &Shared, rng: &mut Rng, t: usize) {
     const BASES: [&str; 5] = ["text", "ping", "file", "exec", "click"];
     let (body, from, expect) = message(sh, BASES[rng.below(5) as usize], t);
+    // Half the retries are signed afresh, half reuse the first try's URL: wxmp takes both for
+    // the same message (`replay`), whichever way WeChat signs its tries.
+    let reused = (rng.below(2) == 0).then(|| signed_query("/", TOKEN));
+    let send = || match &reused {
+        Some(url) => sh.post_to(url, &body, WECHAT_TIMEOUT),
+        None => sh.post(&body, WECHAT_TIMEOUT),
+    };
     let start = Instant::now();
     let answers: Vec<Result<Resp, Fail>> = if rng.below(3) == 0 {
         std::thread::scope(|s| {
-            let a = s.spawn(|| sh.post(&body, WECHAT_TIMEOUT));
-            let b = sh.post(&body, WECHAT_TIMEOUT);
+            let a = s.spawn(send);
+            let b = send();
             vec![a.join().expect("retry thread"), b]
         })
     } else {
         let copies = 2 + rng.below(2);
         let mut v = Vec::new();
         for _ in 0..copies {
-            v.push(sh.post(&body, WECHAT_TIMEOUT));
+            v.push(send());
             std::thread::sleep(Duration::from_millis(rng.below(300)));
         }
         v
