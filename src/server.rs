@@ -735,21 +735,27 @@ fn handle_request(app: &Arc<App>, req: Request) {
     }
 }
 
-/// Whether the plain-mode signature in `query` is valid for `token`.
-fn signed(query: &Query, token: &str) -> bool {
-    match (
-        query.get("signature"),
-        query.get("timestamp"),
-        query.get("nonce"),
-    ) {
-        (Some(sig), Some(ts), Some(nonce)) => signature::verify(token, ts, nonce, sig),
-        _ => false,
+/// The parts of a request's URL that its plain-mode signature covers.
+struct SignedUrl<'a> {
+    timestamp: &'a str,
+    nonce: &'a str,
+}
+
+impl SignedUrl<'_> {
+    /// The signed `timestamp` if it is recent ([`signature::check_fresh`]).
+    fn fresh(&self) -> Result<u64, String> {
+        signature::check_fresh(self.timestamp, now_unix())
     }
 }
 
-/// A signed request's `timestamp` if it is recent ([`signature::check_fresh`]).
-fn fresh(query: &Query) -> Result<u64, String> {
-    signature::check_fresh(query.get("timestamp").unwrap_or_default(), now_unix())
+/// The signed parts of `query` if its plain-mode signature is valid for `token`.
+fn signed<'q>(query: &'q Query, token: &str) -> Option<SignedUrl<'q>> {
+    let (sig, timestamp, nonce) = (
+        query.get("signature")?,
+        query.get("timestamp")?,
+        query.get("nonce")?,
+    );
+    signature::verify(token, timestamp, nonce, sig).then_some(SignedUrl { timestamp, nonce })
 }
 
 /// GET: WeChat's URL verification. Echo `echostr` when the signature is valid and recent (a
@@ -759,22 +765,19 @@ fn verify_url(app: &App, req: Request, config: &Config, query: &Query, ctx: &Ctx
         warn!("{} GET without echostr refused", ctx.peer);
         return respond_text(req, 403, "forbidden: not a WeChat verification request");
     };
-    if !signed(query, &config.token) {
+    let Some(url) = signed(query, &config.token) else {
         warn!(
             "{} URL verification refused: bad or missing signature",
             ctx.peer
         );
         return respond_text(req, 403, "forbidden: bad signature");
-    }
-    if let Err(why) = fresh(query) {
+    };
+    if let Err(why) = url.fresh() {
         warn!("{} URL verification refused: {why}", ctx.peer);
         return respond_text(req, 403, "forbidden: stale timestamp");
     }
     // Remembered so that no POST can carry a message with this URL (`replay`).
-    app.urls.record_verification(
-        query.get("timestamp").unwrap_or_default(),
-        query.get("nonce").unwrap_or_default(),
-    );
+    app.urls.record_verification(url.timestamp, url.nonce);
     info!("{} URL verification passed", ctx.peer);
     let echo = echo.to_string();
     respond_text(req, 200, &echo);
@@ -803,11 +806,11 @@ fn read_body(req: &mut Request) -> Result<String, (u16, String)> {
 
 fn handle_post(app: &Arc<App>, mut req: Request, live: &Live, query: &Query, mut ctx: Ctx) {
     // The signature comes first: an unsigned body is never read, let alone parsed.
-    if !signed(query, &live.config.token) {
+    let Some(url) = signed(query, &live.config.token) else {
         warn!("{} POST refused: bad or missing signature", ctx.peer);
         return respond_text(req, 403, "forbidden: bad signature");
-    }
-    let sent_at = match fresh(query) {
+    };
+    let sent_at = match url.fresh() {
         Ok(sent_at) => sent_at,
         Err(why) => {
             warn!("{} POST refused (403): {why}", ctx.peer);
@@ -854,16 +857,11 @@ fn handle_post(app: &Arc<App>, mut req: Request, live: &Live, query: &Query, mut
         .filter(|age| *age <= AGE_MEANINGFUL)
         .unwrap_or(0);
     let key = msg.dedup_key();
-    // The exact strings the signature covers: `sent_at` is their number.
-    let (timestamp, nonce) = (
-        query.get("timestamp").unwrap_or_default(),
-        query.get("nonce").unwrap_or_default(),
-    );
-    if app.urls.record(timestamp, nonce, &key) == Seen::Other {
+    if app.urls.record(url.timestamp, url.nonce, &key) == Seen::Other {
         warn!(
             "{} POST refused (403): its signed URL (timestamp {sent_at}, nonce {:?}) already \
              carried another message: a URL replayed from a log with a forged body",
-            ctx.peer, nonce
+            ctx.peer, url.nonce
         );
         return respond_text(req, 403, "forbidden: signed URL already used");
     }
