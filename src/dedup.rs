@@ -234,6 +234,60 @@ impl<T: Clone + Weigh> Dedup<T> {
         }
     }
 
+    /// The answered messages, oldest first, each with its key, its age, its tries so far and
+    /// its answer: what a clean stop saves for the next start (`crate::state`). Messages still
+    /// being worked on are left out: their work ends with this process.
+    pub fn answered(&self) -> Vec<(Arc<str>, Duration, u32, T)> {
+        let now = Instant::now();
+        let inner = lock(&self.inner);
+        inner
+            .order
+            .iter()
+            .filter_map(|(created, key)| {
+                let slot = inner.entries.get(key).filter(|s| s.created == *created)?;
+                let State::Done(answer) = &*lock(&slot.state) else {
+                    return None;
+                };
+                let age = now.saturating_duration_since(slot.created);
+                let tries = slot.tries.load(Ordering::SeqCst);
+                Some((Arc::clone(key), age, tries, answer.clone()))
+            })
+            .collect()
+    }
+
+    /// Remembers `answer` for the message `key` first seen `age` ago after `tries` tries, as
+    /// saved by [`Dedup::answered`] in an earlier process; its retries then get it as if this
+    /// process had answered it. Nothing is done for a key already known, an age past the
+    /// time-to-live, or a full table (restore oldest first, before serving).
+    pub fn restore(&self, key: &str, age: Duration, tries: u32, answer: T) -> bool {
+        let now = Instant::now();
+        let Some(created) = now.checked_sub(age).filter(|_| age < self.ttl) else {
+            return false;
+        };
+        let mut inner = lock(&self.inner);
+        let w = answer.weight();
+        if inner.entries.contains_key(key)
+            || inner.entries.len() >= self.capacity
+            || self.bytes() + w > self.budget
+        {
+            return false;
+        }
+        let slot = Arc::new(Slot {
+            state: Mutex::new(State::Done(answer)),
+            waiters: AtomicUsize::new(0),
+            tries: AtomicU32::new(tries.max(1)),
+            ready: Condvar::new(),
+            created,
+            weight: AtomicUsize::new(w),
+            bytes: Arc::clone(&self.bytes),
+        });
+        self.bytes.fetch_add(w, Ordering::SeqCst);
+        let key: Arc<str> = key.into();
+        inner.entries.insert(Arc::clone(&key), slot);
+        inner.order.push_back((created, key));
+        true
+    }
+
     /// How many messages are remembered now.
     pub fn len(&self) -> usize {
         lock(&self.inner).entries.len()
@@ -548,5 +602,79 @@ mod tests {
         // The first try came before `claimed`, so at least this much ago (2 ms or more).
         let at_least = claimed.elapsed();
         assert!(r.since_first() >= at_least, "{:?}", r.since_first());
+    }
+
+    #[test]
+    fn answered_messages_are_handed_to_a_new_table_with_their_age_and_tries() {
+        let old: Dedup<String> = Dedup::default();
+        let Claim::First(a) = old.claim("a") else {
+            panic!()
+        };
+        a.complete("answer a".into());
+        let Claim::Repeat(_) = old.claim("a") else {
+            panic!()
+        };
+        let Claim::First(pending) = old.claim("still working") else {
+            panic!()
+        };
+        let Claim::First(b) = old.claim("b") else {
+            panic!()
+        };
+        b.complete("answer b".into());
+        thread::sleep(Duration::from_millis(5));
+        let saved = old.answered();
+        let keys: Vec<&str> = saved.iter().map(|(k, ..)| &**k).collect();
+        assert_eq!(keys, ["a", "b"], "oldest first, none still being worked on");
+        assert_eq!(saved[0].2, 2, "a's tries");
+        assert_eq!(saved[0].3, "answer a");
+        assert!(saved[0].1 >= Duration::from_millis(5), "{:?}", saved[0].1);
+        drop(pending);
+
+        let new: Dedup<String> = Dedup::default();
+        for (key, age, tries, answer) in saved {
+            assert!(new.restore(&key, age, tries, answer));
+        }
+        assert_eq!(new.len(), 2);
+        assert_eq!(new.bytes(), 16);
+        let Claim::Repeat(r) = new.claim("a") else {
+            panic!("a restored answer is a retry's")
+        };
+        assert_eq!(r.attempt, 3, "the tries go on counting");
+        assert!(r.since_first() >= Duration::from_millis(5));
+        assert!(r.is_settled());
+        assert_eq!(r.wait(Duration::ZERO), Some("answer a".into()));
+        let Claim::First(_) = new.claim("still working") else {
+            panic!("work in progress is not handed on")
+        };
+    }
+
+    #[test]
+    fn restore_refuses_the_expired_the_known_and_what_does_not_fit() {
+        let d: Dedup<String> = Dedup::with_budget(Duration::from_secs(30), 2, 10);
+        assert!(!d.restore("old", Duration::from_secs(30), 1, "x".into()));
+        assert!(d.restore("a", Duration::from_secs(29), 0, "12345".into()));
+        assert!(!d.restore("a", Duration::ZERO, 1, "y".into()), "known");
+        assert!(
+            !d.restore("big", Duration::ZERO, 1, "123456".into()),
+            "over budget"
+        );
+        assert!(
+            d.restore("b", Duration::ZERO, 1, "12345".into()),
+            "exactly the budget"
+        );
+        assert!(
+            !d.restore("c", Duration::ZERO, 1, "".into()),
+            "over capacity"
+        );
+        assert_eq!((d.len(), d.bytes()), (2, 10));
+        let Claim::Repeat(r) = d.claim("a") else {
+            panic!()
+        };
+        assert_eq!(r.attempt, 2, "no tries counts as one");
+        // The restored entries age out like any others: "a" came 29 s ago.
+        thread::sleep(Duration::from_millis(1100));
+        let Claim::First(_) = d.claim("a") else {
+            panic!("expired after its 30 s")
+        };
     }
 }

@@ -6,8 +6,8 @@
 //! [`replay`] lets a signed URL carry one message, [`logging`] writes rotated logs and
 //! [`server`] ties them to a tiny_http recv loop. [`command`] checks the `[[command]]` tables,
 //! [`router`] answers with them, [`exec`] runs their programs and [`pending`] keeps results
-//! that missed WeChat's last try for the user's next message; [`watchdog`] and [`strands`] keep
-//! tiny_http answering.
+//! that missed WeChat's last try for the user's next message; [`state`] hands all of it from a
+//! stopping process to the next; [`watchdog`] and [`strands`] keep tiny_http answering.
 
 pub mod command;
 pub mod config;
@@ -24,5 +24,6 @@ pub mod router;
 pub mod send;
 pub mod server;
 pub mod signature;
+pub mod state;
 pub mod strands;
 pub mod watchdog;

@@ -164,7 +164,16 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     }
     let started = config.clone();
-    let server = match Server::start(config, Arc::new(router)) {
+    // What the last clean stop handed on (retries' answers, signed URLs, late results).
+    let state_path = wxmp::state::path_in(&config.log.dir);
+    let saved = match wxmp::state::take(&state_path) {
+        Ok(saved) => saved,
+        Err(e) => {
+            log::warn!("{e}; starting without the last stop's state");
+            None
+        }
+    };
+    let server = match Server::start_with_state(config, Arc::new(router), saved.as_ref()) {
         Ok(s) => s,
         Err(e) => {
             log::error!("{e}");
@@ -210,8 +219,22 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     }
     log::info!("stopping: finishing requests in flight");
-    server.shutdown(Duration::from_secs(4));
-    log::info!("stopped");
+    let saved = server.shutdown(Duration::from_secs(4));
+    if saved.is_empty() {
+        log::info!("stopped");
+    } else {
+        match wxmp::state::save(&state_path, &saved) {
+            Ok(()) => log::info!(
+                "stopped; {} answered message(s), {} signed URL(s) and {} late result(s) saved \
+                 to {} for the next start",
+                saved.answers.len(),
+                saved.urls.len(),
+                saved.late.len(),
+                state_path.display()
+            ),
+            Err(e) => log::warn!("stopped; {e}: the next start begins without it"),
+        }
+    }
     wxmp::logging::flush();
     if fatal.is_some() {
         // EX_SOFTWARE: a restart-worthy failure, not a requested stop.

@@ -101,9 +101,42 @@ impl Pending {
     pub fn waiting(&self, openid: &str) -> usize {
         self.lock().mailbox.get(openid).map_or(0, Vec::len)
     }
+
+    /// Every late result still waiting, as (openid, age, text), each user's oldest first: what a
+    /// clean stop saves for the next start (`crate::state`). Orphan marks are left out: their
+    /// commands end with this process.
+    pub fn late_results(&self) -> Vec<(String, Duration, String)> {
+        let now = Instant::now();
+        let inner = self.lock();
+        let mut all = Vec::new();
+        for (openid, results) in &inner.mailbox {
+            for (at, text) in results {
+                let age = now.saturating_duration_since(*at);
+                if age < KEEP {
+                    all.push((openid.clone(), age, text.clone()));
+                }
+            }
+        }
+        all
+    }
+
+    /// Keeps `text` for `openid`'s next message as if it had come `age` ago (a late result
+    /// saved by [`Pending::late_results`] in an earlier process); `false` when it is too old or
+    /// there is no room. Restore each user's results oldest first.
+    pub fn restore_late(&self, openid: &str, age: Duration, text: String) -> bool {
+        let Some(at) = Instant::now().checked_sub(age).filter(|_| age < KEEP) else {
+            return false;
+        };
+        keep_at(&mut self.lock(), openid, text, at)
+    }
 }
 
 fn keep(inner: &mut Inner, openid: &str, text: String) {
+    keep_at(inner, openid, text, Instant::now());
+}
+
+/// Keeps `text` for `openid` as come at `at`; `false` when there is no room for another user.
+fn keep_at(inner: &mut Inner, openid: &str, text: String, at: Instant) -> bool {
     let now = Instant::now();
     if !inner.mailbox.contains_key(openid) && inner.mailbox.len() >= MAX_USERS {
         inner.mailbox.retain(|_, v| {
@@ -114,14 +147,15 @@ fn keep(inner: &mut Inner, openid: &str, text: String) {
             log::warn!(
                 "{openid}: {MAX_USERS} users already have late results; this one is dropped"
             );
-            return;
+            return false;
         }
     }
     let box_ = inner.mailbox.entry(openid.to_string()).or_default();
     if box_.len() >= PER_USER {
         box_.remove(0);
     }
-    box_.push((now, text));
+    box_.push((at, text));
+    true
 }
 
 fn attach_locked(inner: &mut Inner, openid: &str, reply: Reply) -> Reply {
@@ -328,5 +362,43 @@ mod tests {
     #[test]
     fn late_results_wait_a_day() {
         assert_eq!(KEEP, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn late_results_are_handed_to_a_new_table_in_order() {
+        let old = Pending::default();
+        for (n, key) in ["k1", "k2"].iter().enumerate() {
+            old.give_up::<()>(key, || None);
+            old.finish(key, "oU", Reply::Text(format!("R{n}")), |_| {});
+        }
+        old.give_up::<()>("k3", || None);
+        old.finish("k3", "oV", Reply::Text("V".into()), |_| {});
+        // An orphan whose command never finished is not handed on.
+        old.give_up::<()>("k4", || None);
+        let mut saved = old.late_results();
+        saved.sort_by(|a, b| a.0.cmp(&b.0));
+        let texts: Vec<(&str, &str)> = saved
+            .iter()
+            .map(|(o, _, t)| (o.as_str(), t.as_str()))
+            .collect();
+        assert_eq!(texts, [("oU", "R0"), ("oU", "R1"), ("oV", "V")]);
+
+        let new = Pending::default();
+        for (openid, age, text) in saved {
+            assert!(new.restore_late(&openid, age, text));
+        }
+        assert!(!new.restore_late("oW", KEEP, "too old".into()));
+        assert_eq!(new.waiting("oW"), 0);
+        assert_eq!(
+            new.attach("oU", Reply::Text("new".into())),
+            Reply::Text("上次的结果：R0\n\n上次的结果：R1\n\nnew".into())
+        );
+        let mut finished = None;
+        new.finish("k4", "oV", Reply::Text("x".into()), |r| finished = Some(r));
+        assert_eq!(
+            finished,
+            Some(Reply::Text("上次的结果：V\n\nx".into())),
+            "k4 is no orphan in the new table: its answer takes V along"
+        );
     }
 }

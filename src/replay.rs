@@ -10,13 +10,17 @@
 //! POST may use it. Safe mode's `msg_signature` signs the body as well; the ledger is kept for
 //! every mode alike.
 //!
+//! A URL is known by its `signature`, the SHA-1 WeChat computed over the sorted token, timestamp
+//! and nonce: two URLs that split the same digits differently between `timestamp` and `nonce`
+//! sign the same statement and are one URL here. Messages are known by the SHA-1 of their
+//! [`crate::message::Message::dedup_key`]. Both are kept as 64-bit fingerprints, never the URLs
+//! or messages themselves, and need no per-process secret, so a clean stop can hand them to the
+//! next start ([`Ledger::entries`], [`Ledger::restore`], `crate::state`).
+//!
 //! The ledger is bounded: it remembers the last [`DEFAULT_CAPACITY`] signed URLs, far more than
-//! one account receives in the five minutes a URL is good for, and it forgets everything on a
-//! restart. It keeps keyed 64-bit fingerprints, never the URLs or messages themselves.
+//! one account receives in the five minutes a URL is good for.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasher;
 use std::sync::{Mutex, PoisonError};
 
 /// Signed URLs remembered at most: at ~16 bytes each (plus the map's overhead) 1,024 cost ~40
@@ -37,8 +41,6 @@ pub enum Seen {
 /// The signed URLs of recent requests and the message each carried.
 pub struct Ledger {
     inner: Mutex<Inner>,
-    /// Keys the fingerprints with a per-process secret, so nobody can choose colliding ones.
-    keys: RandomState,
     capacity: usize,
 }
 
@@ -49,9 +51,33 @@ struct Inner {
     order: VecDeque<u64>,
 }
 
-/// The message fingerprint of a GET verification: no message key hashes to it but by a 2^-64
-/// chance, so a POST with a verification's URL is [`Seen::Other`].
-const VERIFICATION: &str = "\0GET";
+/// The message fingerprint of a GET verification; a message whose key hashes to it is counted
+/// as [`VERIFICATION`] + 1, so a POST with a verification's URL is always [`Seen::Other`].
+const VERIFICATION: u64 = 0;
+
+/// The first 64 bits of a SHA-1 digest. Unkeyed on purpose: a forged message would need a
+/// second preimage of these 64 bits (~2^64 SHA-1s) within the five minutes its URL is good for.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    let digest = sha1_smol::Sha1::from(bytes).digest().bytes();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// A message's fingerprint, never [`VERIFICATION`].
+fn message_fingerprint(message_key: &str) -> u64 {
+    fingerprint(message_key.as_bytes()).max(VERIFICATION + 1)
+}
+
+/// A URL's fingerprint: the first 64 bits of its verified `signature` (40 hex digits, already a
+/// SHA-1 digest; the SHA-1 of the string for anything else).
+fn url_fingerprint(signature: &str) -> u64 {
+    signature
+        .get(..16)
+        .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .unwrap_or_else(|| fingerprint(signature.as_bytes()))
+}
 
 impl Default for Ledger {
     fn default() -> Ledger {
@@ -68,23 +94,39 @@ impl Ledger {
                 carried: HashMap::with_capacity(capacity),
                 order: VecDeque::with_capacity(capacity),
             }),
-            keys: RandomState::new(),
             capacity,
         }
     }
 
-    /// Records that the URL signed with `timestamp` and `nonce` (the exact strings of its query,
-    /// which are what the signature covers) carried the message `message_key`
+    /// Records that the URL with the (verified) `signature` carried the message `message_key`
     /// ([`crate::message::Message::dedup_key`]) and says what it carried before.
-    pub fn record(&self, timestamp: &str, nonce: &str, message_key: &str) -> Seen {
-        self.note(timestamp, nonce, self.keys.hash_one(message_key))
+    pub fn record(&self, signature: &str, message_key: &str) -> Seen {
+        self.note(url_fingerprint(signature), message_fingerprint(message_key))
     }
 
-    /// Records that the URL signed with `timestamp` and `nonce` verified the server (a GET), so
-    /// that no POST can use it. Whatever it carried before, a verification only echoes its own
+    /// Records that the URL with the (verified) `signature` verified the server (a GET), so that
+    /// no POST can use it. Whatever it carried before, a verification only echoes its own
     /// `echostr`.
-    pub fn record_verification(&self, timestamp: &str, nonce: &str) -> Seen {
-        self.note(timestamp, nonce, self.keys.hash_one(VERIFICATION))
+    pub fn record_verification(&self, signature: &str) -> Seen {
+        self.note(url_fingerprint(signature), VERIFICATION)
+    }
+
+    /// The remembered URLs as (URL, message) fingerprints, oldest first: what a clean stop saves.
+    pub fn entries(&self) -> Vec<(u64, u64)> {
+        let inner = self.lock();
+        inner
+            .order
+            .iter()
+            .filter_map(|url| inner.carried.get(url).map(|message| (*url, *message)))
+            .collect()
+    }
+
+    /// Remembers `entries` (from [`Ledger::entries`] of an earlier process), oldest first, as if
+    /// their URLs had been recorded in that order; a URL already known keeps what it carried.
+    pub fn restore(&self, entries: &[(u64, u64)]) {
+        for &(url, message) in entries {
+            self.note(url, message);
+        }
     }
 
     /// How many URLs are remembered now.
@@ -97,9 +139,7 @@ impl Ledger {
         self.len() == 0
     }
 
-    fn note(&self, timestamp: &str, nonce: &str, message: u64) -> Seen {
-        // A tuple hashes each string with its length, so ("12", "3") and ("1", "23") differ.
-        let url = self.keys.hash_one((timestamp, nonce));
+    fn note(&self, url: u64, message: u64) -> Seen {
         let mut inner = self.lock();
         if let Some(&before) = inner.carried.get(&url) {
             return if before == message {
@@ -128,66 +168,104 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signature::sign;
+
+    /// The signature WeChat would put in a URL with `timestamp` and `nonce`.
+    fn url(timestamp: &str, nonce: &str) -> String {
+        sign(&["token", timestamp, nonce])
+    }
 
     #[test]
     fn a_url_carries_one_message_and_its_retries() {
         let ledger = Ledger::default();
-        assert_eq!(
-            ledger.record("1700000000", "123", "id|oUser|1"),
-            Seen::First
-        );
-        assert_eq!(ledger.record("1700000000", "123", "id|oUser|1"), Seen::Same);
-        assert_eq!(
-            ledger.record("1700000000", "123", "id|oAdmin|2"),
-            Seen::Other
-        );
+        let first = url("1700000000", "123");
+        assert_eq!(ledger.record(&first, "id|oUser|1"), Seen::First);
+        assert_eq!(ledger.record(&first, "id|oUser|1"), Seen::Same);
+        assert_eq!(ledger.record(&first, "id|oAdmin|2"), Seen::Other);
         // The first message stays the one the URL carried.
-        assert_eq!(ledger.record("1700000000", "123", "id|oUser|1"), Seen::Same);
+        assert_eq!(ledger.record(&first, "id|oUser|1"), Seen::Same);
         // Another nonce or another timestamp is another URL.
         assert_eq!(
-            ledger.record("1700000000", "124", "id|oAdmin|2"),
+            ledger.record(&url("1700000000", "124"), "id|oAdmin|2"),
             Seen::First
         );
         assert_eq!(
-            ledger.record("1700000001", "123", "id|oAdmin|2"),
+            ledger.record(&url("1700000001", "123"), "id|oAdmin|2"),
             Seen::First
         );
         assert_eq!(ledger.len(), 3);
     }
 
     #[test]
-    fn the_timestamp_and_nonce_are_not_run_together() {
+    fn digits_moved_between_timestamp_and_nonce_are_the_same_url() {
+        // WeChat signs the sorted parts run together: "1700000000" + "23" and "17000000002" +
+        // "3" give one signature, which a log reader could reuse with the digits moved (the
+        // freshness check refuses this one, but not every such split). Known by its signature,
+        // it is the URL already used.
         let ledger = Ledger::default();
-        assert_eq!(ledger.record("12", "3", "id|a|1"), Seen::First);
-        assert_eq!(ledger.record("1", "23", "id|b|2"), Seen::First);
+        let (a, b) = (url("1700000000", "23"), url("17000000002", "3"));
+        assert_eq!(a, b, "the same signed statement");
+        assert_eq!(ledger.record(&a, "id|oUser|1"), Seen::First);
+        assert_eq!(ledger.record(&b, "id|oAdmin|2"), Seen::Other);
+        // Different digits are different URLs.
+        assert_eq!(
+            ledger.record(&url("1700000000", "124"), "id|oAdmin|2"),
+            Seen::First
+        );
     }
 
     #[test]
     fn a_verification_url_carries_no_message() {
         let ledger = Ledger::default();
-        assert_eq!(ledger.record_verification("1700000000", "9"), Seen::First);
-        assert_eq!(ledger.record_verification("1700000000", "9"), Seen::Same);
-        assert_eq!(ledger.record("1700000000", "9", "id|oAdmin|1"), Seen::Other);
+        let (nine, ten) = (url("1700000000", "9"), url("1700000000", "10"));
+        assert_eq!(ledger.record_verification(&nine), Seen::First);
+        assert_eq!(ledger.record_verification(&nine), Seen::Same);
+        assert_eq!(ledger.record(&nine, "id|oAdmin|1"), Seen::Other);
+        assert_eq!(ledger.record(&ten, "id|oAdmin|1"), Seen::First);
+        assert_eq!(ledger.record_verification(&ten), Seen::Other);
+    }
+
+    #[test]
+    fn no_message_has_the_fingerprint_of_a_verification() {
+        assert_ne!(message_fingerprint(""), VERIFICATION);
+        assert_ne!(message_fingerprint("id|oUser|1"), VERIFICATION);
         assert_eq!(
-            ledger.record("1700000000", "10", "id|oAdmin|1"),
-            Seen::First
+            message_fingerprint("id|oUser|1"),
+            message_fingerprint("id|oUser|1")
         );
-        assert_eq!(ledger.record_verification("1700000000", "10"), Seen::Other);
+        assert_ne!(
+            message_fingerprint("id|oUser|1"),
+            message_fingerprint("id|oUser|2")
+        );
+    }
+
+    #[test]
+    fn a_url_is_known_by_the_first_16_hex_digits_of_its_signature() {
+        let sig = url("1700000000", "123");
+        assert_eq!(
+            url_fingerprint(&sig),
+            u64::from_str_radix(&sig[..16], 16).unwrap()
+        );
+        // Anything else (never a verified signature) is hashed, not refused.
+        assert_eq!(url_fingerprint("xyz"), fingerprint(b"xyz"));
+        assert_eq!(url_fingerprint(""), fingerprint(b""));
+        assert_ne!(url_fingerprint("+123456789abcdef0"), 0x123456789abcdef0);
     }
 
     #[test]
     fn the_oldest_url_is_forgotten_when_full() {
         let ledger = Ledger::new(3);
-        for nonce in ["1", "2", "3"] {
-            assert_eq!(ledger.record("1700000000", nonce, nonce), Seen::First);
+        let u: Vec<String> = (1..=4).map(|n| url("1700000000", &n.to_string())).collect();
+        for (n, sig) in u[..3].iter().enumerate() {
+            assert_eq!(ledger.record(sig, &n.to_string()), Seen::First);
         }
-        assert_eq!(ledger.record("1700000000", "4", "4"), Seen::First);
+        assert_eq!(ledger.record(&u[3], "3"), Seen::First);
         assert_eq!(ledger.len(), 3);
-        // "1" went: its URL is new again. "2", "3" and "4" are still known.
-        assert_eq!(ledger.record("1700000000", "2", "x"), Seen::Other);
-        assert_eq!(ledger.record("1700000000", "4", "4"), Seen::Same);
-        assert_eq!(ledger.record("1700000000", "1", "x"), Seen::First);
-        assert_eq!(ledger.record("1700000000", "2", "x"), Seen::First);
+        // The first went: its URL is new again. The other three are still known.
+        assert_eq!(ledger.record(&u[1], "x"), Seen::Other);
+        assert_eq!(ledger.record(&u[3], "3"), Seen::Same);
+        assert_eq!(ledger.record(&u[0], "x"), Seen::First);
+        assert_eq!(ledger.record(&u[1], "x"), Seen::First);
         assert_eq!(ledger.len(), 3);
     }
 
@@ -195,8 +273,34 @@ mod tests {
     fn a_capacity_of_zero_still_remembers_one() {
         let ledger = Ledger::new(0);
         assert!(ledger.is_empty());
-        assert_eq!(ledger.record("1", "1", "a"), Seen::First);
-        assert_eq!(ledger.record("1", "1", "b"), Seen::Other);
+        let sig = url("1", "1");
+        assert_eq!(ledger.record(&sig, "a"), Seen::First);
+        assert_eq!(ledger.record(&sig, "b"), Seen::Other);
         assert!(!ledger.is_empty());
+    }
+
+    #[test]
+    fn a_restored_ledger_knows_what_each_url_carried() {
+        let before = Ledger::new(4);
+        let u: Vec<String> = (1..=5).map(|n| url("1700000000", &n.to_string())).collect();
+        before.record(&u[0], "m0");
+        before.record_verification(&u[1]);
+        before.record(&u[2], "m2");
+        let saved = before.entries();
+        assert_eq!(saved.len(), 3);
+        assert_eq!(saved[0].0, url_fingerprint(&u[0]), "oldest first");
+
+        let after = Ledger::new(4);
+        after.restore(&saved);
+        assert_eq!(after.entries(), saved);
+        assert_eq!(after.record(&u[0], "m0"), Seen::Same);
+        assert_eq!(after.record(&u[0], "forged"), Seen::Other);
+        assert_eq!(after.record(&u[1], "m1"), Seen::Other);
+        assert_eq!(after.record(&u[2], "m2"), Seen::Same);
+        // Restored entries count toward the capacity like recorded ones: the oldest goes first.
+        assert_eq!(after.record(&u[3], "m3"), Seen::First);
+        assert_eq!(after.record(&u[4], "m4"), Seen::First);
+        assert_eq!(after.len(), 4);
+        assert_eq!(after.record(&u[0], "forged"), Seen::First);
     }
 }

@@ -74,6 +74,22 @@ impl Reply {
         }
     }
 
+    /// The reply type named `name` as [`Reply::kind`] gives it (for an answer saved by an
+    /// earlier process), or `None` for a name no reply has.
+    pub fn kind_named(name: &str) -> Option<&'static str> {
+        const KINDS: [&str; 8] = [
+            "text",
+            "image",
+            "voice",
+            "video",
+            "music",
+            "news",
+            "transfer_customer_service",
+            "success",
+        ];
+        KINDS.into_iter().find(|k| *k == name)
+    }
+
     /// Writes the reply for the message that came from `to_user` to the account `from_user`
     /// (callers pass the inbound users swapped), stamped `create_time`.
     ///
@@ -304,5 +320,35 @@ mod tests {
         let x = Reply::News(vec![a; 12]).render("u", "g", 1);
         assert!(x.contains("<ArticleCount>8</ArticleCount>"));
         assert_eq!(x.matches("<item>").count(), 8);
+    }
+
+    #[test]
+    fn every_reply_kind_is_known_by_its_name() {
+        let s = String::new;
+        let every = [
+            Reply::Text(s()),
+            Reply::Image { media_id: s() },
+            Reply::Voice { media_id: s() },
+            Reply::Video {
+                media_id: s(),
+                title: s(),
+                description: s(),
+            },
+            Reply::Music {
+                title: s(),
+                description: s(),
+                music_url: s(),
+                hq_music_url: s(),
+                thumb_media_id: s(),
+            },
+            Reply::News(Vec::new()),
+            Reply::TransferCustomerService { kf_account: None },
+            Reply::Success,
+        ];
+        for reply in &every {
+            assert_eq!(Reply::kind_named(reply.kind()), Some(reply.kind()));
+        }
+        assert_eq!(Reply::kind_named("Text"), None);
+        assert_eq!(Reply::kind_named(""), None);
     }
 }

@@ -17,6 +17,7 @@ use crate::replay::{Ledger, Seen};
 use crate::reply::Reply;
 use crate::router::{Handler, Route};
 use crate::signature;
+use crate::state::{Saved, SavedAnswer, SavedLate};
 use crate::strands;
 use log::{error, info, warn};
 use std::borrow::Cow;
@@ -182,6 +183,17 @@ pub struct Server {
 impl Server {
     /// Binds `config.listen` and starts the recv loop on `config.workers` threads.
     pub fn start(config: Config, handler: Arc<dyn Handler>) -> Result<Server, String> {
+        Server::start_with_state(config, handler, None)
+    }
+
+    /// [`Server::start`], first taking back what an earlier process saved at its stop
+    /// ([`Server::shutdown`], [`crate::state`]): its answers for retries still to come, its
+    /// signed URLs and its late results are known before the first request is read.
+    pub fn start_with_state(
+        config: Config,
+        handler: Arc<dyn Handler>,
+        saved: Option<&Saved>,
+    ) -> Result<Server, String> {
         let listener = listen_nodelay(&config.listen)?;
         let http = tiny_http::Server::from_listener(listener, None)
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -202,6 +214,9 @@ impl Server {
             detached: AtomicUsize::new(0),
             abandoned: AtomicUsize::new(0),
         });
+        if let Some(saved) = saved {
+            restore(&app, saved);
+        }
         let mut workers = Vec::with_capacity(workers_n);
         for i in 0..workers_n {
             let (app, http) = (Arc::clone(&app), Arc::clone(&http));
@@ -258,8 +273,9 @@ impl Server {
     }
 
     /// Stops taking requests, answers those already received, and waits up to `grace` for
-    /// requests still being worked on.
-    pub fn shutdown(self, grace: Duration) {
+    /// requests still being worked on; returns what the next process needs to carry on
+    /// ([`crate::state`]: answered messages, signed URLs, late results).
+    pub fn shutdown(self, grace: Duration) -> Saved {
         let deadline = Instant::now() + grace;
         self.app.stopping.store(true, Ordering::SeqCst);
         self.http.unblock();
@@ -275,6 +291,86 @@ impl Server {
         }
         // No command's program outlives the server: its timeout would no longer be enforced.
         crate::exec::stop_all(Duration::from_millis(500));
+        snapshot(&self.app)
+    }
+}
+
+/// What `app` hands to the next process (see [`crate::state`]).
+fn snapshot(app: &App) -> Saved {
+    let mut saved = Saved::now();
+    saved.answers = app
+        .dedup
+        .answered()
+        .into_iter()
+        .map(|(key, age, tries, answer)| SavedAnswer {
+            key: key.to_string(),
+            age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+            tries,
+            kind: answer.kind.to_string(),
+            body: answer.body.to_string(),
+        })
+        .collect();
+    saved.urls = app
+        .urls
+        .entries()
+        .into_iter()
+        .map(|(url, message)| Saved::url_entry(url, message))
+        .collect();
+    saved.late = app
+        .pending
+        .late_results()
+        .into_iter()
+        .map(|(openid, age, text)| SavedLate {
+            openid,
+            age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+            text,
+        })
+        .collect();
+    saved
+}
+
+/// Takes `saved` (from an earlier process's [`snapshot`]) into `app`, and logs what was taken
+/// and what was too old or not understood.
+fn restore(app: &App, saved: &Saved) {
+    let now = crate::state::now_ms();
+    let (mut answers, mut late, mut stale) = (0usize, 0usize, 0usize);
+    let mut bad = 0usize;
+    for a in &saved.answers {
+        let Some(kind) = Reply::kind_named(&a.kind) else {
+            bad += 1;
+            continue;
+        };
+        let answer = Answer {
+            body: Arc::from(a.body.as_str()),
+            kind,
+        };
+        if app
+            .dedup
+            .restore(&a.key, saved.age_at(a.age_ms, now), a.tries, answer)
+        {
+            answers += 1;
+        } else {
+            stale += 1;
+        }
+    }
+    let (urls, bad_urls) = saved.url_entries();
+    app.urls.restore(&urls);
+    bad += bad_urls;
+    for l in &saved.late {
+        let age = saved.age_at(l.age_ms, now);
+        if app.pending.restore_late(&l.openid, age, l.text.clone()) {
+            late += 1;
+        } else {
+            stale += 1;
+        }
+    }
+    info!(
+        "carried on from the last stop: {answers} answered message(s) for their retries, {} \
+         signed URL(s), {late} late result(s); {stale} too old to keep",
+        urls.len()
+    );
+    if bad > 0 {
+        warn!("the saved state had {bad} entr(ies) this wxmp does not understand: skipped");
     }
 }
 
@@ -739,6 +835,8 @@ fn handle_request(app: &Arc<App>, req: Request) {
 struct SignedUrl<'a> {
     timestamp: &'a str,
     nonce: &'a str,
+    /// The verified `signature`: what the replay ledger knows the URL by.
+    signature: &'a str,
 }
 
 impl SignedUrl<'_> {
@@ -755,7 +853,11 @@ fn signed<'q>(query: &'q Query, token: &str) -> Option<SignedUrl<'q>> {
         query.get("timestamp")?,
         query.get("nonce")?,
     );
-    signature::verify(token, timestamp, nonce, sig).then_some(SignedUrl { timestamp, nonce })
+    signature::verify(token, timestamp, nonce, sig).then_some(SignedUrl {
+        timestamp,
+        nonce,
+        signature: sig,
+    })
 }
 
 /// GET: WeChat's URL verification. Echo `echostr` when the signature is valid and recent (a
@@ -777,7 +879,7 @@ fn verify_url(app: &App, req: Request, config: &Config, query: &Query, ctx: &Ctx
         return respond_text(req, 403, "forbidden: stale timestamp");
     }
     // Remembered so that no POST can carry a message with this URL (`replay`).
-    app.urls.record_verification(url.timestamp, url.nonce);
+    app.urls.record_verification(url.signature);
     info!("{} URL verification passed", ctx.peer);
     let echo = echo.to_string();
     respond_text(req, 200, &echo);
@@ -857,7 +959,7 @@ fn handle_post(app: &Arc<App>, mut req: Request, live: &Live, query: &Query, mut
         .filter(|age| *age <= AGE_MEANINGFUL)
         .unwrap_or(0);
     let key = msg.dedup_key();
-    if app.urls.record(url.timestamp, url.nonce, &key) == Seen::Other {
+    if app.urls.record(url.signature, &key) == Seen::Other {
         warn!(
             "{} POST refused (403): its signed URL (timestamp {sent_at}, nonce {:?}) already \
              carried another message: a URL replayed from a log with a forged body",

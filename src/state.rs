@@ -1,0 +1,348 @@
+//! What a clean stop hands to the next start, so that a restart (a new binary, `systemctl
+//! restart`) loses nothing WeChat or the user still expects:
+//!
+//! - the **answered messages** of the last 30 s: a retry of one of them that reaches the new
+//!   process gets the same bytes, and its command does not run twice;
+//! - the **signed URLs** of the replay ledger (fingerprints only): a URL read from a log before
+//!   the restart still cannot carry a forged message;
+//! - the **late results** of slow commands that users have not yet picked up (kept 24 hours).
+//!
+//! `wxmp serve` writes them to [`FILE_NAME`] in the log folder (the one folder it is sure to be
+//! allowed to write) when it stops on SIGTERM or SIGINT, or exits 70, after the requests in
+//! flight are answered; the next start reads the file and deletes it. The file is TOML, readable
+//! by its owner only (mode 0600): it holds answers and late results, which are users' data, but
+//! never the token or a key. A process that is killed (SIGKILL, a crash) writes nothing, and the
+//! next start begins empty, as before.
+
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The file's name in the log folder.
+pub const FILE_NAME: &str = "wxmp.state";
+
+/// The format written by this version; a file of another is ignored (and deleted).
+pub const VERSION: u32 = 1;
+
+/// A file larger than this is not read: wxmp writes at most ~9 MiB (1,024 users' late results of
+/// up to 2 KiB each, 4 each, and 512 KiB of answers).
+pub const MAX_BYTES: u64 = 32 << 20;
+
+/// Everything handed from one process to the next.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Saved {
+    /// [`VERSION`].
+    pub version: u32,
+    /// When it was written, unix milliseconds: ages are counted from it.
+    pub saved_at_ms: u64,
+    /// Answered messages, oldest first.
+    #[serde(default)]
+    pub answers: Vec<SavedAnswer>,
+    /// The replay ledger's URLs, oldest first, as `"URL:MESSAGE"` (two 16-hex-digit
+    /// fingerprints; TOML's integers stop at 2^63).
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// Late results waiting for their users, each user's oldest first.
+    #[serde(default)]
+    pub late: Vec<SavedLate>,
+}
+
+/// An answered message, for its retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedAnswer {
+    /// [`crate::message::Message::dedup_key`].
+    pub key: String,
+    /// How long before `saved_at_ms` its first try came, in milliseconds.
+    pub age_ms: u64,
+    /// Tries seen so far, the first included.
+    pub tries: u32,
+    /// The reply type, for the log (`text`, `news`, …, `success`).
+    pub kind: String,
+    /// The exact bytes answered.
+    pub body: String,
+}
+
+/// A slow command's result waiting for the user's next message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedLate {
+    /// The user.
+    pub openid: String,
+    /// How long before `saved_at_ms` it was kept, in milliseconds.
+    pub age_ms: u64,
+    /// The result's text.
+    pub text: String,
+}
+
+/// Where the state of a server logging to `log_dir` is kept.
+pub fn path_in(log_dir: &Path) -> PathBuf {
+    log_dir.join(FILE_NAME)
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Saved {
+    /// An empty state stamped now.
+    pub fn now() -> Saved {
+        Saved {
+            version: VERSION,
+            saved_at_ms: now_ms(),
+            ..Saved::default()
+        }
+    }
+
+    /// How long ago, at `now_ms`, something that was `age_ms` old when this was saved happened.
+    /// A clock that went back since counts as no time passed.
+    pub fn age_at(&self, age_ms: u64, now_ms: u64) -> Duration {
+        Duration::from_millis(age_ms.saturating_add(now_ms.saturating_sub(self.saved_at_ms)))
+    }
+
+    /// Whether nothing is in it.
+    pub fn is_empty(&self) -> bool {
+        self.answers.is_empty() && self.urls.is_empty() && self.late.is_empty()
+    }
+
+    /// A ledger entry as written in [`Saved::urls`].
+    pub fn url_entry(url: u64, message: u64) -> String {
+        format!("{url:016x}:{message:016x}")
+    }
+
+    /// The ledger entries of [`Saved::urls`]; malformed ones are skipped and counted.
+    pub fn url_entries(&self) -> (Vec<(u64, u64)>, usize) {
+        let mut bad = 0;
+        let entries = self
+            .urls
+            .iter()
+            .filter_map(|e| {
+                let parsed = e.split_once(':').and_then(|(u, m)| {
+                    let hex = |s: &str| {
+                        (s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+                            .then(|| u64::from_str_radix(s, 16).ok())
+                            .flatten()
+                    };
+                    Some((hex(u)?, hex(m)?))
+                });
+                if parsed.is_none() {
+                    bad += 1;
+                }
+                parsed
+            })
+            .collect();
+        (entries, bad)
+    }
+}
+
+/// Writes `saved` to `path`, replacing any file there: written to a temporary file beside it
+/// with mode 0600 and renamed over it, so the next start reads all of it or nothing.
+pub fn save(path: &Path, saved: &Saved) -> Result<(), String> {
+    let text = toml::to_string(saved).map_err(|e| format!("cannot encode the state: {e}"))?;
+    let tmp = path.with_extension("state.tmp");
+    let write = || -> io::Result<()> {
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        format!("cannot write {}: {e}", path.display())
+    })
+}
+
+/// Reads the state at `path` and deletes the file: `Ok(None)` when there is none, `Err` (the
+/// file deleted all the same, as it can never be read) when it is not a state this version
+/// wrote.
+pub fn take(path: &Path) -> Result<Option<Saved>, String> {
+    let mut file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let mut text = String::new();
+    let read = Read::by_ref(&mut file)
+        .take(MAX_BYTES + 1)
+        .read_to_string(&mut text);
+    drop(file);
+    let removed = fs::remove_file(path);
+    read.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    removed.map_err(|e| {
+        format!(
+            "cannot delete {} after reading it: {e}; not using it, as a later start would \
+             use it again",
+            path.display()
+        )
+    })?;
+    if text.len() as u64 > MAX_BYTES {
+        return Err(format!(
+            "{} is over {} MiB, more than wxmp writes: ignored",
+            path.display(),
+            MAX_BYTES >> 20
+        ));
+    }
+    let saved: Saved = toml::from_str(&text).map_err(|e| {
+        format!(
+            "{} is not a state wxmp wrote ({}): ignored",
+            path.display(),
+            e.message()
+        )
+    })?;
+    if saved.version != VERSION {
+        return Err(format!(
+            "{} has version {}, this wxmp reads {VERSION}: ignored",
+            path.display(),
+            saved.version
+        ));
+    }
+    Ok(Some(saved))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("wxmp-state-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn sample() -> Saved {
+        Saved {
+            answers: vec![SavedAnswer {
+                key: "id|oUser|42".into(),
+                age_ms: 1_500,
+                tries: 2,
+                kind: "text".into(),
+                // Everything TOML must escape, and text that ends a CDATA section.
+                body: "<xml><Content><![CDATA[a \"quoted\" \\ line\n]]]]><![CDATA[>\t数据]]>\
+                       </Content></xml>"
+                    .into(),
+            }],
+            urls: vec![
+                Saved::url_entry(u64::MAX, 1),
+                Saved::url_entry(0x0123_4567_89ab_cdef, 0),
+            ],
+            late: vec![SavedLate {
+                openid: "oUser".into(),
+                age_ms: 60_000,
+                text: "上次\u{1}的结果".into(),
+            }],
+            ..Saved::now()
+        }
+    }
+
+    #[test]
+    fn a_saved_state_is_taken_back_whole_and_the_file_is_gone() {
+        let dir = temp_dir("roundtrip");
+        let path = path_in(&dir);
+        let saved = sample();
+        save(&path, &saved).unwrap();
+        assert!(!dir.join("wxmp.state.tmp").exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "readable by its owner only");
+        }
+        assert_eq!(take(&path).unwrap(), Some(saved.clone()));
+        assert!(!path.exists(), "taken once");
+        assert_eq!(take(&path).unwrap(), None);
+        assert_eq!(
+            saved.url_entries(),
+            (vec![(u64::MAX, 1), (0x0123_4567_89ab_cdef, 0)], 0)
+        );
+    }
+
+    #[test]
+    fn a_file_wxmp_did_not_write_is_refused_and_deleted() {
+        let dir = temp_dir("bad");
+        let path = path_in(&dir);
+        for (text, says) in [
+            ("not toml at all [", "is not a state wxmp wrote"),
+            ("version = 1\nsaved_at_ms = 5\nextra = 1\n", "extra"),
+            ("version = 99\nsaved_at_ms = 5\n", "has version 99"),
+            ("saved_at_ms = 5\n", "version"),
+        ] {
+            fs::write(&path, text).unwrap();
+            let err = take(&path).unwrap_err();
+            assert!(err.contains(says), "{text:?}: {err}");
+            assert!(err.contains("wxmp.state"), "{err}");
+            assert!(!path.exists(), "{text:?} deleted");
+        }
+        fs::write(&path, [0xff, 0xfe, b'x']).unwrap();
+        assert!(take(&path).unwrap_err().contains("cannot read"));
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn an_oversized_file_is_not_parsed() {
+        let dir = temp_dir("big");
+        let path = path_in(&dir);
+        let mut text = String::from("version = 1\nsaved_at_ms = 5\nurls = [\n");
+        while text.len() as u64 <= MAX_BYTES {
+            text.push_str("\"0000000000000000:0000000000000000\",\n");
+        }
+        text.push_str("]\n");
+        fs::write(&path, &text).unwrap();
+        let err = take(&path).unwrap_err();
+        assert!(err.contains("over 32 MiB"), "{err}");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn malformed_ledger_entries_are_skipped_and_counted() {
+        let saved = Saved {
+            urls: vec![
+                "0000000000000001:0000000000000002".into(),
+                "1:2".into(),
+                "000000000000000g:0000000000000002".into(),
+                "00000000000000010000000000000002".into(),
+                "+000000000000001:0000000000000002".into(),
+            ],
+            ..Saved::now()
+        };
+        assert_eq!(saved.url_entries(), (vec![(1, 2)], 4));
+    }
+
+    #[test]
+    fn ages_count_the_time_since_the_save() {
+        let saved = Saved {
+            saved_at_ms: 10_000,
+            ..Saved::default()
+        };
+        assert_eq!(saved.age_at(500, 12_000), Duration::from_millis(2_500));
+        // A clock turned back since the save: no time passed.
+        assert_eq!(saved.age_at(500, 9_000), Duration::from_millis(500));
+        assert_eq!(
+            saved.age_at(u64::MAX, 12_000),
+            Duration::from_millis(u64::MAX)
+        );
+    }
+
+    #[test]
+    fn an_unwritable_folder_is_an_error_naming_the_file() {
+        let dir = temp_dir("unwritable").join("missing");
+        let err = save(&path_in(&dir), &sample()).unwrap_err();
+        assert!(
+            err.contains("cannot write") && err.contains("wxmp.state"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,168 @@
+//! Conversations across a restart of the real wxmp binary (a new build deployed, `systemctl
+//! restart`): what one process answered, the signed URLs it saw and the late results it kept
+//! are the next process's too, handed on through `log/wxmp.state`.
+
+mod common;
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A folder with `wxmp.toml` (test token, loopback port, `rest`) and the scripts it runs.
+fn site(tag: &str, rest: &str, scripts: &[(&str, &str)]) -> PathBuf {
+    let dir = temp_dir(tag);
+    std::fs::write(
+        dir.join("wxmp.toml"),
+        format!("token = \"{TOKEN}\"\nlisten = \"127.0.0.1:0\"\n{rest}\n"),
+    )
+    .unwrap();
+    for (name, body) in scripts {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+fn serve(dir: &Path) -> Wxmp {
+    Wxmp::start_in(dir, &["serve", "--config", "wxmp.toml"], &[])
+}
+
+fn state_file(dir: &Path) -> PathBuf {
+    dir.join("log").join("wxmp.state")
+}
+
+/// Stops `w` as systemd does and checks that it exited 0.
+fn stop(w: Wxmp) {
+    assert_eq!(w.terminate().code(), Some(0));
+}
+
+#[test]
+fn a_retry_after_a_restart_gets_the_same_bytes_and_the_command_runs_once() {
+    let dir = site(
+        "restart-retry",
+        "[[command]]\nname = \"计数\"\nexec = [\"./count.sh\"]",
+        &[(
+            "count.sh",
+            "echo run >> runs.txt\necho \"run $(wc -l < runs.txt)\"",
+        )],
+    );
+    let w = serve(&dir);
+    let message = text("oUser", "计数");
+    let url = signed_query("/", TOKEN);
+    let first = w.request("POST", &url, &[], message.as_bytes());
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(parse_reply(&first.body).get("Content"), Some("run 1"));
+    // A URL that verified the server, before the restart.
+    let verification = format!("{}&echostr=hello", signed_query("/", TOKEN));
+    assert_eq!(w.get(&verification).body, "hello");
+    stop(w);
+
+    let saved = state_file(&dir);
+    let mode = std::fs::metadata(&saved)
+        .expect("state saved")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "readable by wxmp's user only");
+    let text_saved = std::fs::read_to_string(&saved).unwrap();
+    assert!(!text_saved.contains(TOKEN), "no token in the state");
+
+    let w = serve(&dir);
+    assert!(w.wait_for_log("carried on from the last stop: 1 answered message(s)"));
+    assert!(!saved.exists(), "taken by the start");
+    // WeChat's retry, signed afresh, reaches the new process: the same bytes, no second run.
+    let retry = w.post_signed(&message);
+    assert_eq!(retry.status, 200, "{retry:?}");
+    assert_eq!(retry.body, first.body, "byte for byte");
+    // Or with the first try's URL, as WeChat may send it.
+    let same_url = w.request("POST", &url, &[], message.as_bytes());
+    assert_eq!(same_url.body, first.body);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("runs.txt")).unwrap(),
+        "run\n",
+        "the command ran once"
+    );
+    // The old URLs still carry only what they carried.
+    let forged = w.request("POST", &url, &[], text("oAdmin", "计数").as_bytes());
+    assert_eq!(forged.status, 403, "{forged:?}");
+    assert_eq!(forged.body, "forbidden: signed URL already used");
+    let verification_as_post = w.request("POST", &verification, &[], message.as_bytes());
+    assert_eq!(verification_as_post.status, 403, "{verification_as_post:?}");
+    // A new message is new.
+    let next = w.post_signed(&text("oUser", "计数"));
+    assert_eq!(parse_reply(&next.body).get("Content"), Some("run 2"));
+}
+
+#[test]
+fn a_late_result_waits_for_its_user_across_a_restart() {
+    let dir = site(
+        "restart-late",
+        "[[command]]\nname = \"慢\"\nexec = [\"./slow.sh\"]\ntimeout = 12",
+        &[("slow.sh", "sleep 6\necho LATE RESULT\ntouch finished")],
+    );
+    let w = serve(&dir);
+    // WeChat's last try (created 10 s before it was signed): it cannot wait for the result.
+    let body = text("oLate", "慢");
+    let (open, close) = (
+        body.find("<CreateTime>").unwrap(),
+        body.find("</CreateTime>").unwrap(),
+    );
+    let body = format!(
+        "{}<CreateTime>{}{}",
+        &body[..open],
+        now() - 10,
+        &body[close..]
+    );
+    let notice = w.post_signed(&body);
+    assert_eq!(
+        parse_reply(&notice.body).get("Content"),
+        Some("结果还在生成，稍后发任意消息查看")
+    );
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while !dir.join("finished").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(w.wait_for_log("a late result is kept for the next message"));
+    stop(w);
+
+    let w = serve(&dir);
+    assert!(w.wait_for_log("1 late result(s)"));
+    let next = w.post_signed(&text("oLate", "你好"));
+    assert_eq!(
+        parse_reply(&next.body).get("Content"),
+        Some(format!("上次的结果：LATE RESULT\n\n{DEFAULT_REPLY}").as_str())
+    );
+    let after = w.post_signed(&text("oLate", "你好"));
+    assert_eq!(
+        parse_reply(&after.body).get("Content"),
+        Some(DEFAULT_REPLY),
+        "delivered once"
+    );
+}
+
+#[test]
+fn a_state_file_wxmp_cannot_read_is_reported_and_the_server_starts_empty() {
+    let dir = site("restart-bad", "", &[]);
+    std::fs::create_dir_all(dir.join("log")).unwrap();
+    std::fs::write(state_file(&dir), "answers = [ not toml").unwrap();
+    let w = serve(&dir);
+    assert!(w.wait_for_log("is not a state wxmp wrote"));
+    assert!(w
+        .stderr()
+        .contains("starting without the last stop's state"));
+    assert!(!state_file(&dir).exists(), "deleted: it can never be read");
+    assert_text_reply(&w.post_signed(&text("oUser", "hi")), "oUser", DEFAULT_REPLY);
+    // This process answered a message: its stop hands that on.
+    stop(w);
+    assert!(state_file(&dir).exists());
+}
+
+#[test]
+fn a_stop_with_nothing_to_hand_on_writes_no_state() {
+    let dir = site("restart-empty", "", &[]);
+    let w = serve(&dir);
+    assert_eq!(w.get("/healthz").body, "ok");
+    stop(w);
+    assert!(dir.join("log").exists());
+    assert!(!state_file(&dir).exists());
+}
