@@ -295,6 +295,10 @@ impl Server {
     }
 }
 
+/// How long after a save its signed URLs are still worth restoring: a URL is refused as stale
+/// once its timestamp is [`signature::MAX_CLOCK_SKEW`] away, and it was at most that far ahead.
+const URLS_OUTLIVE: Duration = Duration::from_secs(2 * signature::MAX_CLOCK_SKEW);
+
 /// What `app` hands to the next process (see [`crate::state`]).
 fn snapshot(app: &App) -> Saved {
     let mut saved = Saved::now();
@@ -354,8 +358,16 @@ fn restore(app: &App, saved: &Saved) {
         }
     }
     let (urls, bad_urls) = saved.url_entries();
-    app.urls.restore(&urls);
     bad += bad_urls;
+    // A signed URL is good for MAX_CLOCK_SKEW either side of its timestamp: past twice that
+    // since the save, every saved one is refused as stale anyway.
+    let urls_restored = if saved.age_at(0, now) <= URLS_OUTLIVE {
+        app.urls.restore(&urls);
+        urls.len()
+    } else {
+        stale += urls.len();
+        0
+    };
     for l in &saved.late {
         let age = saved.age_at(l.age_ms, now);
         if app.pending.restore_late(&l.openid, age, l.text.clone()) {
@@ -367,7 +379,7 @@ fn restore(app: &App, saved: &Saved) {
     info!(
         "carried on from the last stop: {answers} answered message(s) for their retries, {} \
          signed URL(s), {late} late result(s); {stale} too old to keep",
-        urls.len()
+        urls_restored
     );
     if bad > 0 {
         warn!("the saved state had {bad} entr(ies) this wxmp does not understand: skipped");

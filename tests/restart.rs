@@ -166,3 +166,41 @@ fn a_stop_with_nothing_to_hand_on_writes_no_state() {
     assert!(dir.join("log").exists());
     assert!(!state_file(&dir).exists());
 }
+
+#[test]
+fn a_state_saved_long_ago_is_too_old_to_keep() {
+    let dir = site(
+        "restart-old",
+        "[[command]]\nname = \"计数\"\nexec = [\"./count.sh\"]",
+        &[(
+            "count.sh",
+            "echo run >> runs.txt\necho \"run $(wc -l < runs.txt)\"",
+        )],
+    );
+    let w = serve(&dir);
+    let message = text("oUser", "计数");
+    let url = signed_query("/", TOKEN);
+    let first = w.request("POST", &url, &[], message.as_bytes());
+    assert_eq!(parse_reply(&first.body).get("Content"), Some("run 1"));
+    stop(w);
+    // As if the server had stayed down for 11 minutes: WeChat gave up on the message long ago,
+    // and every signed URL of that time is stale.
+    let path = state_file(&dir);
+    let saved = std::fs::read_to_string(&path).unwrap();
+    let line = saved
+        .lines()
+        .find(|l| l.starts_with("saved_at_ms = "))
+        .expect("saved_at_ms")
+        .to_string();
+    let at: u64 = line["saved_at_ms = ".len()..].parse().unwrap();
+    let moved = saved.replace(&line, &format!("saved_at_ms = {}", at - 660_000));
+    std::fs::write(&path, moved).unwrap();
+
+    let w = serve(&dir);
+    assert!(w.wait_for_log(
+        "carried on from the last stop: 0 answered message(s) for their retries, 0 signed \
+         URL(s), 0 late result(s); 2 too old to keep"
+    ));
+    let again = w.post_signed(&message);
+    assert_eq!(parse_reply(&again.body).get("Content"), Some("run 2"));
+}
