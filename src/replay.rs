@@ -66,7 +66,12 @@ fn fingerprint(bytes: &[u8]) -> u64 {
 
 /// A message's fingerprint, never [`VERIFICATION`].
 fn message_fingerprint(message_key: &str) -> u64 {
-    fingerprint(message_key.as_bytes()).max(VERIFICATION + 1)
+    not_verification(fingerprint(message_key.as_bytes()))
+}
+
+/// `fp`, or the next value if it is [`VERIFICATION`] (a 2^-64 chance for a message).
+fn not_verification(fp: u64) -> u64 {
+    fp.max(VERIFICATION + 1)
 }
 
 /// A URL's fingerprint: the first 64 bits of its verified `signature` (40 hex digits, already a
@@ -227,6 +232,9 @@ mod tests {
 
     #[test]
     fn no_message_has_the_fingerprint_of_a_verification() {
+        assert_eq!(not_verification(VERIFICATION), VERIFICATION + 1);
+        assert_eq!(not_verification(7), 7);
+        assert_eq!(not_verification(u64::MAX), u64::MAX);
         assert_ne!(message_fingerprint(""), VERIFICATION);
         assert_ne!(message_fingerprint("id|oUser|1"), VERIFICATION);
         assert_eq!(

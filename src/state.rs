@@ -292,6 +292,39 @@ mod tests {
     }
 
     #[test]
+    fn a_state_that_cannot_be_opened_is_an_error_not_an_absence() {
+        // The log folder's path names a file: open fails with ENOTDIR, not ENOENT.
+        let dir = temp_dir("notdir");
+        let file = dir.join("log");
+        fs::write(&file, "a file").unwrap();
+        let err = take(&path_in(&file)).unwrap_err();
+        assert!(
+            err.contains("cannot read") && err.contains("wxmp.state"),
+            "{err}"
+        );
+        // A folder where the file should be: opened, but not read.
+        let dir = temp_dir("isdir");
+        fs::create_dir_all(path_in(&dir)).unwrap();
+        assert!(take(&path_in(&dir)).unwrap_err().contains("cannot read"));
+    }
+
+    #[test]
+    fn a_state_is_empty_only_with_nothing_in_it() {
+        let empty = Saved::now();
+        assert!(empty.is_empty());
+        let full = sample();
+        for only in 0..3 {
+            let mut one = empty.clone();
+            match only {
+                0 => one.answers = full.answers.clone(),
+                1 => one.urls = full.urls.clone(),
+                _ => one.late = full.late.clone(),
+            }
+            assert!(!one.is_empty(), "{one:?}");
+        }
+    }
+
+    #[test]
     fn an_oversized_file_is_not_parsed() {
         let dir = temp_dir("big");
         let path = path_in(&dir);

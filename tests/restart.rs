@@ -69,6 +69,11 @@ fn a_retry_after_a_restart_gets_the_same_bytes_and_the_command_runs_once() {
 
     let w = serve(&dir);
     assert!(w.wait_for_log("carried on from the last stop: 1 answered message(s)"));
+    assert!(
+        !w.stderr().contains("does not understand"),
+        "{}",
+        w.stderr()
+    );
     assert!(!saved.exists(), "taken by the start");
     // WeChat's retry, signed afresh, reaches the new process: the same bytes, no second run.
     let retry = w.post_signed(&message);
@@ -203,4 +208,63 @@ fn a_state_saved_long_ago_is_too_old_to_keep() {
     ));
     let again = w.post_signed(&message);
     assert_eq!(parse_reply(&again.body).get("Content"), Some("run 2"));
+}
+
+#[test]
+fn a_verification_alone_is_handed_on() {
+    // WeChat's 提交 verified the server just before a restart: that URL, read from a log, still
+    // carries no message afterwards.
+    let dir = site("restart-verify", "", &[]);
+    let w = serve(&dir);
+    let verification = format!("{}&echostr=e1", signed_query("/", TOKEN));
+    assert_eq!(w.get(&verification).body, "e1");
+    stop(w);
+    assert!(state_file(&dir).exists());
+    let w = serve(&dir);
+    assert!(w.wait_for_log("0 answered message(s) for their retries, 1 signed URL(s)"));
+    let post = w.request("POST", &verification, &[], text("oAdmin", "hi").as_bytes());
+    assert_eq!(post.status, 403, "{post:?}");
+}
+
+#[test]
+fn what_a_state_holds_that_this_wxmp_cannot_use_is_counted_and_skipped() {
+    let dir = site("restart-mixed", "", &[]);
+    std::fs::create_dir_all(dir.join("log")).unwrap();
+    let now_ms = now() * 1000;
+    let kept = "<xml><Content><![CDATA[kept answer]]></Content></xml>";
+    let url = sign(&[TOKEN, &now().to_string(), "424242"]);
+    std::fs::write(
+        state_file(&dir),
+        format!(
+            "version = 1\nsaved_at_ms = {now_ms}\n\
+             urls = [\"{}:0000000000000001\", \"not a fingerprint\"]\n\
+             [[answers]]\nkey = \"id|oUser|777001\"\nage_ms = 1000\ntries = 1\nkind = \"text\"\nbody = \"{}\"\n\
+             [[answers]]\nkey = \"id|oUser|777002\"\nage_ms = 1000\ntries = 1\nkind = \"hologram\"\nbody = \"x\"\n\
+             [[late]]\nopenid = \"oFresh\"\nage_ms = 1000\ntext = \"fresh result\"\n\
+             [[late]]\nopenid = \"oStale\"\nage_ms = 90000000\ntext = \"a day old\"\n",
+            &url[..16],
+            kept.replace('"', "\\\"")
+        ),
+    )
+    .unwrap();
+    let w = serve(&dir);
+    assert!(w.wait_for_log(
+        "carried on from the last stop: 1 answered message(s) for their retries, 1 signed \
+         URL(s), 1 late result(s); 1 too old to keep"
+    ));
+    assert!(w.wait_for_log("the saved state had 2 entr(ies) this wxmp does not understand"));
+    // The answer it could use is a retry's answer now.
+    let retry = msg(
+        "oUser",
+        "text",
+        &[("Content", "anything"), ("MsgId", "777001")],
+    );
+    assert_eq!(w.post_signed(&retry).body, kept);
+    let fresh = w.post_signed(&text("oFresh", "hi"));
+    assert_eq!(
+        parse_reply(&fresh.body).get("Content"),
+        Some(format!("上次的结果：fresh result\n\n{DEFAULT_REPLY}").as_str())
+    );
+    let stale = w.post_signed(&text("oStale", "hi"));
+    assert_eq!(parse_reply(&stale.body).get("Content"), Some(DEFAULT_REPLY));
 }
