@@ -337,6 +337,15 @@ mod tests {
         let err = take(&path).unwrap_err();
         assert!(err.contains("over 32 MiB"), "{err}");
         assert!(!path.exists());
+        // Exactly the limit is read.
+        let mut text = toml::to_string(&Saved::now()).unwrap();
+        text.push('#');
+        let pad = usize::try_from(MAX_BYTES).unwrap() - text.len() - 1;
+        text.push_str(&"x".repeat(pad));
+        text.push('\n');
+        assert_eq!(text.len() as u64, MAX_BYTES);
+        fs::write(&path, &text).unwrap();
+        assert!(take(&path).unwrap().is_some_and(|s| s.is_empty()));
     }
 
     #[test]
