@@ -32,6 +32,29 @@ fn state_file(dir: &Path) -> PathBuf {
     dir.join("log").join("wxmp.state")
 }
 
+/// A site whose `计数` command counts its runs: it answers `run 1`, then `run 2`, ...
+fn counting_site(tag: &str) -> PathBuf {
+    site(
+        tag,
+        "[[command]]\nname = \"计数\"\nexec = [\"./count.sh\"]",
+        &[(
+            "count.sh",
+            "echo run >> runs.txt\necho \"run $(wc -l < runs.txt)\"",
+        )],
+    )
+}
+
+/// Sends `计数` from `oUser` with a freshly signed URL, checks it is the first run, and returns
+/// the message, its URL and the answer.
+fn count_once(w: &Wxmp) -> (String, String, Resp) {
+    let message = text("oUser", "计数");
+    let url = signed_query("/", TOKEN);
+    let first = w.request("POST", &url, &[], message.as_bytes());
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(parse_reply(&first.body).get("Content"), Some("run 1"));
+    (message, url, first)
+}
+
 /// Stops `w` as systemd does and checks that it exited 0.
 fn stop(w: Wxmp) {
     assert_eq!(w.terminate().code(), Some(0));
@@ -39,20 +62,9 @@ fn stop(w: Wxmp) {
 
 #[test]
 fn a_retry_after_a_restart_gets_the_same_bytes_and_the_command_runs_once() {
-    let dir = site(
-        "restart-retry",
-        "[[command]]\nname = \"计数\"\nexec = [\"./count.sh\"]",
-        &[(
-            "count.sh",
-            "echo run >> runs.txt\necho \"run $(wc -l < runs.txt)\"",
-        )],
-    );
+    let dir = counting_site("restart-retry");
     let w = serve(&dir);
-    let message = text("oUser", "计数");
-    let url = signed_query("/", TOKEN);
-    let first = w.request("POST", &url, &[], message.as_bytes());
-    assert_eq!(first.status, 200, "{first:?}");
-    assert_eq!(parse_reply(&first.body).get("Content"), Some("run 1"));
+    let (message, url, first) = count_once(&w);
     // A URL that verified the server, before the restart.
     let verification = format!("{}&echostr=hello", signed_query("/", TOKEN));
     assert_eq!(w.get(&verification).body, "hello");
@@ -174,19 +186,9 @@ fn a_stop_with_nothing_to_hand_on_writes_no_state() {
 
 #[test]
 fn a_state_saved_long_ago_is_too_old_to_keep() {
-    let dir = site(
-        "restart-old",
-        "[[command]]\nname = \"计数\"\nexec = [\"./count.sh\"]",
-        &[(
-            "count.sh",
-            "echo run >> runs.txt\necho \"run $(wc -l < runs.txt)\"",
-        )],
-    );
+    let dir = counting_site("restart-old");
     let w = serve(&dir);
-    let message = text("oUser", "计数");
-    let url = signed_query("/", TOKEN);
-    let first = w.request("POST", &url, &[], message.as_bytes());
-    assert_eq!(parse_reply(&first.body).get("Content"), Some("run 1"));
+    let (message, _, _) = count_once(&w);
     stop(w);
     // As if the server had stayed down for 11 minutes: WeChat gave up on the message long ago,
     // and every signed URL of that time is stale.
