@@ -195,21 +195,27 @@ impl<T: Clone + Weigh> Dedup<T> {
                 None => break,
             }
         }
-        let slot = Arc::new(Slot {
-            state: Mutex::new(State::Pending),
-            waiters: AtomicUsize::new(0),
-            tries: AtomicU32::new(1),
-            ready: Condvar::new(),
-            created: now,
-            weight: AtomicUsize::new(0),
-            bytes: Arc::clone(&self.bytes),
-        });
+        let slot = self.slot(State::Pending, 1, now, 0);
         let key: Arc<str> = key.into();
         inner.entries.insert(Arc::clone(&key), Arc::clone(&slot));
         inner.order.push_back((now, key));
         Claim::First(Ticket {
             slot,
             completed: false,
+        })
+    }
+
+    /// A new entry for this table: in `state`, after `tries` tries, first seen at `created`,
+    /// weighing `weight` bytes (counted in the table's bytes by the caller).
+    fn slot(&self, state: State<T>, tries: u32, created: Instant, weight: usize) -> Arc<Slot<T>> {
+        Arc::new(Slot {
+            state: Mutex::new(state),
+            waiters: AtomicUsize::new(0),
+            tries: AtomicU32::new(tries),
+            ready: Condvar::new(),
+            created,
+            weight: AtomicUsize::new(weight),
+            bytes: Arc::clone(&self.bytes),
         })
     }
 
@@ -272,15 +278,7 @@ impl<T: Clone + Weigh> Dedup<T> {
         {
             return false;
         }
-        let slot = Arc::new(Slot {
-            state: Mutex::new(State::Done(answer)),
-            waiters: AtomicUsize::new(0),
-            tries: AtomicU32::new(tries.max(1)),
-            ready: Condvar::new(),
-            created,
-            weight: AtomicUsize::new(w),
-            bytes: Arc::clone(&self.bytes),
-        });
+        let slot = self.slot(State::Done(answer), tries.max(1), created, w);
         self.bytes.fetch_add(w, Ordering::SeqCst);
         let key: Arc<str> = key.into();
         inner.entries.insert(Arc::clone(&key), slot);
