@@ -9,6 +9,9 @@
 //!   with the writer's CDATA rules parses back.
 //! - The config parser: any text, and any TOML document with the real keys and arbitrary
 //!   values, gives Ok or a list of errors from parsing, validation and the command table.
+//! - The state a stop hands to the next start (`log/wxmp.state`): any answers, keys, openids and
+//!   late results come back from the file exactly; any bytes in the file give a state or an
+//!   error, never a panic.
 //!
 //! `cargo fuzz` (fuzz/, docs/fuzzing.md) runs the same entry points for millions of inputs;
 //! these keep a few thousand in every `cargo test`.
@@ -17,6 +20,7 @@ use proptest::prelude::*;
 use wxmp::config::Config;
 use wxmp::reply::{push_cdata, truncate_text, Article, Reply, CUT_MARK, TEXT_LIMIT};
 use wxmp::router::Router;
+use wxmp::state::{Saved, SavedAnswer, SavedLate};
 
 /// Fragments that are hard for an XML writer, and ordinary text.
 fn nasty_fragment() -> impl Strategy<Value = String> {
@@ -300,6 +304,91 @@ proptest! {
         doc.insert("command".into(), toml::Value::Array(commands));
         let text = toml::to_string(&doc).expect("a table serialises");
         check_config(&text);
+    }
+}
+
+/// A state with arbitrary texts everywhere a user's or a program's text can go.
+fn any_saved() -> impl Strategy<Value = Saved> {
+    let answer = (
+        nasty_text(),
+        any::<u64>(),
+        any::<u32>(),
+        nasty_text(),
+        nasty_text(),
+    )
+        .prop_map(|(key, age_ms, tries, kind, body)| SavedAnswer {
+            key,
+            // TOML's integers stop at 2^63 - 1; wxmp's ages are milliseconds of the last day.
+            age_ms: age_ms >> 1,
+            tries,
+            kind,
+            body,
+        });
+    let late =
+        (nasty_text(), any::<u64>(), nasty_text()).prop_map(|(openid, age_ms, text)| SavedLate {
+            openid,
+            age_ms: age_ms >> 1,
+            text,
+        });
+    (
+        any::<u64>(),
+        proptest::collection::vec(answer, 0..4),
+        proptest::collection::vec((any::<u64>(), any::<u64>()), 0..4),
+        proptest::collection::vec(late, 0..4),
+    )
+        .prop_map(|(saved_at_ms, answers, urls, late)| Saved {
+            version: wxmp::state::VERSION,
+            saved_at_ms: saved_at_ms >> 1,
+            answers,
+            urls: urls
+                .into_iter()
+                .map(|(u, m)| Saved::url_entry(u, m))
+                .collect(),
+            late,
+        })
+}
+
+/// A fresh file path for one case of a state property.
+fn state_path(tag: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static CASE: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "wxmp-props-{tag}-{}-{}",
+        std::process::id(),
+        CASE.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    wxmp::state::path_in(&dir)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// What a stop saves is what the next start reads, whatever the texts hold.
+    #[test]
+    fn a_saved_state_reads_back_exactly(saved in any_saved()) {
+        let path = state_path("roundtrip");
+        wxmp::state::save(&path, &saved).map_err(TestCaseError::fail)?;
+        let back = wxmp::state::take(&path).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(back.as_ref(), Some(&saved));
+        let (urls, bad) = saved.url_entries();
+        prop_assert_eq!((urls.len(), bad), (saved.urls.len(), 0));
+        prop_assert!(!path.exists());
+        let _ = std::fs::remove_dir(path.parent().expect("a folder"));
+    }
+
+    /// Whatever is in the file: a state or an error, the file gone either way, never a panic.
+    #[test]
+    fn any_state_file_is_read_or_refused(bytes in prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..512),
+        nasty_text().prop_map(String::into_bytes),
+        any_saved().prop_map(|s| toml::to_string(&s).expect("serialises").into_bytes()),
+    ]) {
+        let path = state_path("any");
+        std::fs::write(&path, &bytes).expect("write");
+        let _ = wxmp::state::take(&path);
+        prop_assert!(!path.exists());
+        let _ = std::fs::remove_dir(path.parent().expect("a folder"));
     }
 }
 
