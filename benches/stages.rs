@@ -331,6 +331,66 @@ fn main() {
         black_box(crypt.seal_reply(&xml, 1_700_000_000).ok());
     });
     println!("{:<46} {seal}", "safe mode: reply encrypted and signed");
+    match measure_checkpoint(secs, &xml) {
+        Ok(cost) => println!("{:<46} {cost}", "checkpoint, full tables (per checkpoint)"),
+        Err(e) => println!("checkpoint: not measured ({e})"),
+    }
+}
+
+/// A running server's checkpoint with its tables full (`wxmp serve` makes one a second at most,
+/// on its main thread): 1,024 answers of `answer` and 1,024 signed URLs snapshotted, encoded
+/// and stored (`state::store`: a temporary file, `fsync`, a rename) in a temp folder.
+fn measure_checkpoint(secs: f64, answer: &str) -> Result<Cost, String> {
+    use wxmp::state::{Saved, SavedAnswer};
+    let table: Dedup<std::sync::Arc<str>> =
+        Dedup::new(wxmp::dedup::DEFAULT_TTL, wxmp::dedup::DEFAULT_CAPACITY);
+    let ledger = wxmp::replay::Ledger::default();
+    for i in 0..wxmp::dedup::DEFAULT_CAPACITY {
+        let key = format!("{}|oBenchUser|1700000000", 10_000_000 + i);
+        if let Claim::First(ticket) = table.claim(&key) {
+            ticket.complete(answer.into());
+        }
+        let signature = wxmp::signature::sign(&[TOKEN, "1700000000", &i.to_string()]);
+        ledger.record(&signature, &key);
+    }
+    let (answers, urls) = (table.answered().len(), ledger.len());
+    if answers != wxmp::dedup::DEFAULT_CAPACITY || urls != wxmp::replay::DEFAULT_CAPACITY {
+        return Err(format!("tables not full: {answers} answers, {urls} URLs"));
+    }
+    let dir = std::env::temp_dir().join(format!("wxmp-stages-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = wxmp::state::path_in(&dir);
+    let mut failed = None;
+    let cost = measure(secs, |_| {
+        let saved = Saved {
+            checkpoint: true,
+            answers: table
+                .answered()
+                .into_iter()
+                .map(|(key, age, tries, body)| SavedAnswer {
+                    key: key.to_string(),
+                    age_ms: age.as_millis() as u64,
+                    tries,
+                    kind: "text".into(),
+                    body: body.to_string(),
+                })
+                .collect(),
+            urls: ledger
+                .entries()
+                .into_iter()
+                .map(|(u, m)| Saved::url_entry(u, m))
+                .collect(),
+            ..Saved::now()
+        };
+        if let Err(e) = wxmp::state::store(&path, &saved) {
+            failed = Some(e);
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(cost),
+    }
 }
 
 /// The real per-message log line: wxmp's logger (simplelog's format, the rotating file and

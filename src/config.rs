@@ -454,7 +454,8 @@ workers = 4
 
 [log]
 # Relative to the folder wxmp is started in (command paths are relative to this file's folder).
-# A stop also leaves wxmp.state here for the next start (README "Restarts").
+# wxmp.state is kept here too, for the next start: at a stop, and once a second while
+# something changes (README "Restarts").
 dir = "log"
 # Rotate wxmp.log when it would pass this size; delete rotated files older than keep_days.
 max_size = "500MB"

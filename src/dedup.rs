@@ -8,7 +8,7 @@
 //! entry is one).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -56,8 +56,18 @@ pub struct Dedup<T> {
     ttl: Duration,
     capacity: usize,
     budget: usize,
+    /// Bytes of the answers in the table and answers recorded, shared with its slots.
+    tally: Arc<Tally>,
+}
+
+/// What every slot of a table adds to: kept beside the table's lock, not under it, because a
+/// slot is completed without taking the table's lock.
+#[derive(Default)]
+struct Tally {
     /// Bytes of the answers in the table (see [`Weigh`]).
-    bytes: Arc<AtomicUsize>,
+    bytes: AtomicUsize,
+    /// Answers recorded so far, restored ones included (see [`Dedup::changes`]).
+    answered: AtomicU64,
 }
 
 struct Inner<T> {
@@ -79,7 +89,7 @@ pub struct Slot<T> {
     created: Instant,
     /// The answer's weight once completed, counted in the table's bytes until removed.
     weight: AtomicUsize,
-    bytes: Arc<AtomicUsize>,
+    tally: Arc<Tally>,
 }
 
 impl<T> Slot<T> {
@@ -95,7 +105,7 @@ impl<T> Slot<T> {
     /// Takes this slot's answer out of the table's byte count (it is leaving the table).
     fn release(&self) {
         let w = self.weight.swap(0, Ordering::SeqCst);
-        self.bytes.fetch_sub(w, Ordering::SeqCst);
+        self.tally.bytes.fetch_sub(w, Ordering::SeqCst);
     }
 }
 
@@ -156,13 +166,19 @@ impl<T: Clone + Weigh> Dedup<T> {
             ttl,
             capacity: capacity.max(1),
             budget,
-            bytes: Arc::new(AtomicUsize::new(0)),
+            tally: Arc::default(),
         }
     }
 
     /// Bytes of answers remembered now.
     pub fn bytes(&self) -> usize {
-        self.bytes.load(Ordering::SeqCst)
+        self.tally.bytes.load(Ordering::SeqCst)
+    }
+
+    /// How many answers have been recorded (restored ones included): it grows with every one,
+    /// so a checkpoint that saw the same count has nothing new to save (`crate::state`).
+    pub fn changes(&self) -> u64 {
+        self.tally.answered.load(Ordering::SeqCst)
     }
 
     /// Claims the message with `key`: the first try gets a [`Ticket`], later tries a [`Repeat`].
@@ -215,7 +231,7 @@ impl<T: Clone + Weigh> Dedup<T> {
             ready: Condvar::new(),
             created,
             weight: AtomicUsize::new(weight),
-            bytes: Arc::clone(&self.bytes),
+            tally: Arc::clone(&self.tally),
         })
     }
 
@@ -279,7 +295,8 @@ impl<T: Clone + Weigh> Dedup<T> {
             return false;
         }
         let slot = self.slot(State::Done(answer), tries.max(1), created, w);
-        self.bytes.fetch_add(w, Ordering::SeqCst);
+        self.tally.bytes.fetch_add(w, Ordering::SeqCst);
+        self.tally.answered.fetch_add(1, Ordering::SeqCst);
         let key: Arc<str> = key.into();
         inner.entries.insert(Arc::clone(&key), slot);
         inner.order.push_back((created, key));
@@ -309,8 +326,10 @@ impl<T: Clone + Weigh> Ticket<T> {
         self.completed = true;
         let w = answer.weight();
         self.slot.weight.store(w, Ordering::SeqCst);
-        self.slot.bytes.fetch_add(w, Ordering::SeqCst);
+        self.slot.tally.bytes.fetch_add(w, Ordering::SeqCst);
         self.slot.finish(State::Done(answer));
+        // Counted after the answer is in its slot: a checkpoint that sees the new count finds it.
+        self.slot.tally.answered.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -372,6 +391,29 @@ impl<T: Clone> Repeat<T> {
 mod tests {
     use super::*;
     use std::thread;
+
+    #[test]
+    fn every_answer_recorded_or_restored_is_a_change_and_nothing_else_is() {
+        let d: Dedup<String> = Dedup::default();
+        let Claim::First(t) = d.claim("k") else {
+            panic!("first try must claim")
+        };
+        assert_eq!(d.changes(), 0, "claimed, not answered: not saved");
+        t.complete("answer".into());
+        assert_eq!(d.changes(), 1);
+        let Claim::Repeat(_) = d.claim("k") else {
+            panic!("a retry")
+        };
+        // A ticket dropped unanswered leaves nothing to save.
+        let Claim::First(dropped) = d.claim("j") else {
+            panic!("first try must claim")
+        };
+        drop(dropped);
+        assert_eq!(d.changes(), 1);
+        assert!(d.restore("r", Duration::from_secs(1), 2, "old".into()));
+        assert!(!d.restore("r", Duration::from_secs(1), 2, "old".into()));
+        assert_eq!(d.changes(), 2);
+    }
 
     #[test]
     fn repeat_gets_first_answer() {

@@ -204,11 +204,13 @@ fn serve(path: &std::path::Path) -> ExitCode {
         Arc::clone(&stop),
     );
     let mut fatal = None;
+    let mut checkpoint = Checkpoint::new(state_path.clone());
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
         if hup.swap(false, Ordering::SeqCst) {
             reload(&server, path, &started);
         }
+        checkpoint.tick(&server);
         let dead = server
             .fatal()
             .or_else(|| watchdog.lock().ok().and_then(|v| v.clone()));
@@ -221,7 +223,11 @@ fn serve(path: &std::path::Path) -> ExitCode {
     log::info!("stopping: finishing requests in flight");
     let saved = server.shutdown(Duration::from_secs(4));
     if saved.is_empty() {
-        log::info!("stopped");
+        // A checkpoint's file would be handed on as if this stop had not happened.
+        match wxmp::state::store(&state_path, &saved) {
+            Ok(()) => log::info!("stopped"),
+            Err(e) => log::warn!("stopped; {e}: the next start may take it as this stop's"),
+        }
     } else {
         match wxmp::state::save(&state_path, &saved) {
             Ok(()) => log::info!(
@@ -241,6 +247,63 @@ fn serve(path: &std::path::Path) -> ExitCode {
         return ExitCode::from(70);
     }
     ExitCode::SUCCESS
+}
+
+/// How often a running server keeps its state for the next start (see [`wxmp::state`]): a
+/// process killed without a stop loses at most this much. WeChat retries a message ~5 s after
+/// its first try, and systemd restarts wxmp 2 s after a crash (`deploy/wxmp.service`).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// The running server's checkpoints: [`Server::checkpoint`] stored every [`CHECKPOINT_EVERY`]
+/// when something changed.
+struct Checkpoint {
+    path: std::path::PathBuf,
+    last: std::time::Instant,
+    /// [`Server::changes`] when the file was last stored (0: nothing since the start).
+    stored: u64,
+    /// Whether the last store failed: its warning is logged once, not every second.
+    failing: bool,
+}
+
+impl Checkpoint {
+    fn new(path: std::path::PathBuf) -> Checkpoint {
+        Checkpoint {
+            path,
+            last: std::time::Instant::now(),
+            stored: 0,
+            failing: false,
+        }
+    }
+
+    /// Stores the server's state if a second has passed and something changed.
+    fn tick(&mut self, server: &Server) {
+        if self.last.elapsed() < CHECKPOINT_EVERY {
+            return;
+        }
+        self.last = std::time::Instant::now();
+        let changes = server.changes();
+        if changes == self.stored {
+            return;
+        }
+        match wxmp::state::store(&self.path, &server.checkpoint()) {
+            Ok(()) => {
+                self.stored = changes;
+                if self.failing {
+                    self.failing = false;
+                    log::info!("checkpoints are written again to {}", self.path.display());
+                }
+            }
+            Err(e) if !self.failing => {
+                self.failing = true;
+                log::warn!(
+                    "checkpoint: {e}; a crash now would lose the retry table, the signed URLs \
+                     and the late results (a clean stop still saves them); trying again every \
+                     second"
+                );
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// SIGHUP: the file again, in force for the next request; `started` is the configuration wxmp

@@ -35,6 +35,8 @@ struct Inner {
     orphans: HashMap<String, Instant>,
     /// Late results by openid, oldest first.
     mailbox: HashMap<String, Vec<(Instant, String)>>,
+    /// Late results kept or handed out so far (see [`Pending::changes`]).
+    changes: u64,
 }
 
 /// The shared table of orphaned messages and late results (one per server; survives reloads).
@@ -97,6 +99,12 @@ impl Pending {
         attach_locked(&mut self.lock(), openid, reply)
     }
 
+    /// How many times a late result has been kept or handed out (restored ones included): a
+    /// checkpoint that saw the same count has nothing new to save (`crate::state`).
+    pub fn changes(&self) -> u64 {
+        self.lock().changes
+    }
+
     /// How many late results wait for `openid`.
     pub fn waiting(&self, openid: &str) -> usize {
         self.lock().mailbox.get(openid).map_or(0, Vec::len)
@@ -155,6 +163,7 @@ fn keep_at(inner: &mut Inner, openid: &str, text: String, at: Instant) -> bool {
         box_.remove(0);
     }
     box_.push((at, text));
+    inner.changes += 1;
     true
 }
 
@@ -165,6 +174,7 @@ fn attach_locked(inner: &mut Inner, openid: &str, reply: Reply) -> Reply {
     let Some(results) = inner.mailbox.remove(openid) else {
         return Reply::Text(answer);
     };
+    inner.changes += 1;
     let now = Instant::now();
     let results: Vec<String> = results
         .into_iter()
@@ -197,6 +207,24 @@ mod tests {
     use super::*;
     use crate::reply::CUT_MARK;
     use std::sync::Arc;
+
+    #[test]
+    fn keeping_and_handing_out_late_results_are_changes_and_nothing_else_is() {
+        let p = Pending::default();
+        assert_eq!(p.changes(), 0);
+        // A marked orphan is not saved, so marking is no change; nor is a finish without one.
+        assert_eq!(p.give_up::<()>("k", || None), None);
+        p.finish("other", "oU", Reply::Text("on time".into()), |_| {});
+        p.attach("oU", Reply::Text("x".into()));
+        assert_eq!(p.changes(), 0);
+        p.finish("k", "oU", Reply::Text("RESULT".into()), |_| {});
+        assert_eq!(p.changes(), 1, "kept");
+        p.attach("oU", Reply::Text("new".into()));
+        assert_eq!(p.changes(), 2, "handed out");
+        p.attach("oU", Reply::Text("new".into()));
+        assert!(p.restore_late("oV", Duration::from_secs(1), "r".into()));
+        assert_eq!(p.changes(), 3, "restored");
+    }
 
     #[test]
     fn orphaned_result_is_attached_to_the_next_text_only() {

@@ -49,6 +49,8 @@ struct Inner {
     carried: HashMap<u64, u64>,
     /// URL fingerprints in the order they were first seen, for forgetting the oldest.
     order: VecDeque<u64>,
+    /// URLs recorded so far, restored ones included (see [`Ledger::changes`]).
+    recorded: u64,
 }
 
 /// The message fingerprint of a GET verification; a message whose key hashes to it is counted
@@ -98,6 +100,7 @@ impl Ledger {
             inner: Mutex::new(Inner {
                 carried: HashMap::with_capacity(capacity),
                 order: VecDeque::with_capacity(capacity),
+                recorded: 0,
             }),
             capacity,
         }
@@ -134,6 +137,12 @@ impl Ledger {
         }
     }
 
+    /// How many URLs have been recorded (restored ones included): it grows with every new one,
+    /// so a checkpoint that saw the same count has nothing new to save (`crate::state`).
+    pub fn changes(&self) -> u64 {
+        self.lock().recorded
+    }
+
     /// How many URLs are remembered now.
     pub fn len(&self) -> usize {
         self.lock().order.len()
@@ -160,6 +169,7 @@ impl Ledger {
         }
         inner.carried.insert(url, message);
         inner.order.push_back(url);
+        inner.recorded += 1;
         Seen::First
     }
 
@@ -178,6 +188,26 @@ mod tests {
     /// The signature WeChat would put in a URL with `timestamp` and `nonce`.
     fn url(timestamp: &str, nonce: &str) -> String {
         sign(&["token", timestamp, nonce])
+    }
+
+    #[test]
+    fn only_a_new_url_is_a_change() {
+        let ledger = Ledger::new(2);
+        assert_eq!(ledger.changes(), 0);
+        let first = url("1700000000", "1");
+        ledger.record(&first, "id|oUser|1");
+        ledger.record(&first, "id|oUser|1");
+        ledger.record(&first, "id|oAdmin|2");
+        assert_eq!(
+            ledger.changes(),
+            1,
+            "a retry or a refused forgery is no change"
+        );
+        ledger.record_verification(&url("1700000000", "2"));
+        ledger.record(&url("1700000000", "3"), "id|oUser|3");
+        assert_eq!(ledger.changes(), 3, "counted past the capacity");
+        ledger.restore(&[(7, 8), (7, 9)]);
+        assert_eq!(ledger.changes(), 4);
     }
 
     #[test]

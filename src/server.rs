@@ -242,6 +242,28 @@ impl Server {
         })
     }
 
+    /// A count that grows whenever something is answered, recorded or kept that the next
+    /// start would want (the restored state counts too): when it has not moved since the last
+    /// [`Server::checkpoint`] that was stored, there is nothing new to store.
+    pub fn changes(&self) -> u64 {
+        let app = &self.app;
+        app.dedup
+            .changes()
+            .wrapping_add(app.urls.changes())
+            .wrapping_add(app.pending.changes())
+    }
+
+    /// What to keep for the next start now, marked as a checkpoint: `wxmp serve` stores it
+    /// ([`crate::state::store`]) once a second when [`Server::changes`] moved, so that a process
+    /// killed without a stop loses at most its last second. Read `changes` first: what changes
+    /// during the snapshot is then stored by the next checkpoint.
+    pub fn checkpoint(&self) -> Saved {
+        Saved {
+            checkpoint: true,
+            ..snapshot(&self.app)
+        }
+    }
+
     /// The address actually bound (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -376,9 +398,16 @@ fn restore(app: &App, saved: &Saved) {
             stale += 1;
         }
     }
+    // A checkpoint left for a start means the process before did not reach its stop.
+    let from = if saved.checkpoint {
+        "the last checkpoint (the last process was killed or crashed; at most its last second \
+         is lost)"
+    } else {
+        "the last stop"
+    };
     info!(
-        "carried on from the last stop: {answers} answered message(s) for their retries, {} \
-         signed URL(s), {late} late result(s); {stale} too old to keep",
+        "carried on from {from}: {answers} answered message(s) for their retries, {} signed \
+         URL(s), {late} late result(s); {stale} too old to keep",
         urls_restored
     );
     if bad > 0 {

@@ -1,5 +1,5 @@
-//! What a clean stop hands to the next start, so that a restart (a new binary, `systemctl
-//! restart`) loses nothing WeChat or the user still expects:
+//! What one process hands to the next, so that a restart (a new binary, `systemctl restart`, a
+//! crash and systemd's or Baota's restart) loses nothing WeChat or the user still expects:
 //!
 //! - the **answered messages** of the last 30 s: a retry of one of them that reaches the new
 //!   process gets the same bytes, and its command does not run twice;
@@ -9,10 +9,11 @@
 //!
 //! `wxmp serve` writes them to [`FILE_NAME`] in the log folder (the one folder it is sure to be
 //! allowed to write) when it stops on SIGTERM or SIGINT, or exits 70, after the requests in
-//! flight are answered; the next start reads the file and deletes it. The file is TOML, readable
-//! by its owner only (mode 0600): it holds answers and late results, which are users' data, but
-//! never the token or a key. A process that is killed (SIGKILL, a crash) writes nothing, and the
-//! next start begins empty, as before.
+//! flight are answered; and, while it runs, once a second when something was answered,
+//! recorded or kept since the last time (a **checkpoint**), so that a process that is killed
+//! (SIGKILL, a crash, the out-of-memory killer) loses at most its last second. The next start
+//! reads the file and deletes it. The file is TOML, readable by its owner only (mode 0600): it
+//! holds answers and late results, which are users' data, but never the token or a key.
 
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -38,6 +39,11 @@ pub struct Saved {
     pub version: u32,
     /// When it was written, unix milliseconds: ages are counted from it.
     pub saved_at_ms: u64,
+    /// Written by a running process (a checkpoint), not at a stop: if the next start finds it,
+    /// the process before it did not stop cleanly. Left out of the file when false, so a stop's
+    /// file reads as it did before checkpoints.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checkpoint: bool,
     /// Answered messages, oldest first.
     #[serde(default)]
     pub answers: Vec<SavedAnswer>,
@@ -163,6 +169,20 @@ pub fn save(path: &Path, saved: &Saved) -> Result<(), String> {
         let _ = fs::remove_file(&tmp);
         format!("cannot write {}: {e}", path.display())
     })
+}
+
+/// Keeps `saved` at `path` for the next start: [`save`]s it, or deletes the file when there is
+/// nothing in it (a checkpoint may have left one that is no longer true).
+pub fn store(path: &Path, saved: &Saved) -> Result<(), String> {
+    if !saved.is_empty() {
+        return save(path, saved);
+    }
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(format!("cannot delete {}: {e}", path.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Reads the state at `path` and deletes the file: `Ok(None)` when there is none, `Err` (the
@@ -346,6 +366,44 @@ mod tests {
         assert_eq!(text.len() as u64, MAX_BYTES);
         fs::write(&path, &text).unwrap();
         assert!(take(&path).unwrap().is_some_and(|s| s.is_empty()));
+    }
+
+    #[test]
+    fn a_checkpoint_says_so_and_a_stop_writes_the_file_it_wrote_before() {
+        let dir = temp_dir("checkpoint");
+        let path = path_in(&dir);
+        let checkpoint = Saved {
+            checkpoint: true,
+            ..sample()
+        };
+        store(&path, &checkpoint).unwrap();
+        assert!(fs::read_to_string(&path)
+            .unwrap()
+            .contains("checkpoint = true"));
+        assert_eq!(take(&path).unwrap(), Some(checkpoint));
+        // A stop's file has no such line: it reads as it did before checkpoints, also to an
+        // older wxmp (which refuses fields it does not know).
+        store(&path, &sample()).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("checkpoint"), "{text}");
+        assert!(!take(&path).unwrap().unwrap().checkpoint);
+    }
+
+    #[test]
+    fn storing_an_empty_state_deletes_the_file_a_checkpoint_left() {
+        let dir = temp_dir("store-empty");
+        let path = path_in(&dir);
+        store(&path, &sample()).unwrap();
+        assert!(path.exists());
+        store(&path, &Saved::now()).unwrap();
+        assert!(!path.exists());
+        // Nothing there: nothing to do.
+        store(&path, &Saved::now()).unwrap();
+        // A file that cannot be deleted is an error.
+        let not_a_file = dir.join("a-folder");
+        fs::create_dir_all(not_a_file.join("inside")).unwrap();
+        let err = store(&not_a_file, &Saved::now()).unwrap_err();
+        assert!(err.starts_with("cannot delete"), "{err}");
     }
 
     #[test]

@@ -332,13 +332,15 @@ fn any_saved() -> impl Strategy<Value = Saved> {
         });
     (
         any::<u64>(),
+        any::<bool>(),
         proptest::collection::vec(answer, 0..4),
         proptest::collection::vec((any::<u64>(), any::<u64>()), 0..4),
         proptest::collection::vec(late, 0..4),
     )
-        .prop_map(|(saved_at_ms, answers, urls, late)| Saved {
+        .prop_map(|(saved_at_ms, checkpoint, answers, urls, late)| Saved {
             version: wxmp::state::VERSION,
             saved_at_ms: saved_at_ms >> 1,
+            checkpoint,
             answers,
             urls: urls
                 .into_iter()

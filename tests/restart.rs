@@ -86,7 +86,11 @@ fn a_retry_after_a_restart_gets_the_same_bytes_and_the_command_runs_once() {
         "{}",
         w.stderr()
     );
-    assert!(!saved.exists(), "taken by the start");
+    // Taken by the start; what is there now is this process's own checkpoint, if any yet.
+    match std::fs::read_to_string(&saved) {
+        Ok(now) => assert!(now.contains("checkpoint = true"), "{now}"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
+    }
     // WeChat's retry, signed afresh, reaches the new process: the same bytes, no second run.
     let retry = w.post_signed(&message);
     assert_eq!(retry.status, 200, "{retry:?}");
@@ -179,9 +183,75 @@ fn a_stop_with_nothing_to_hand_on_writes_no_state() {
     let dir = site("restart-empty", "", &[]);
     let w = serve(&dir);
     assert_eq!(w.get("/healthz").body, "ok");
+    // Nor does a running server with nothing to hand on write checkpoints.
+    std::thread::sleep(Duration::from_millis(2_500));
+    assert!(!state_file(&dir).exists());
     stop(w);
     assert!(dir.join("log").exists());
     assert!(!state_file(&dir).exists());
+}
+
+/// Waits (up to 5 s) for a checkpoint of the running server that `holds` something; its text.
+fn wait_for_checkpoint(dir: &Path, holds: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(state_file(dir)).unwrap_or_default();
+        if text.contains("checkpoint = true") && text.contains(holds) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint holding {holds:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_killed_process_hands_on_its_last_checkpoint() {
+    let dir = counting_site("restart-killed");
+    let w = serve(&dir);
+    let (message, url, first) = count_once(&w);
+    // Within a second the running server has kept what it answered.
+    let checkpoint = wait_for_checkpoint(&dir, "run 1");
+    let mode = std::fs::metadata(state_file(&dir))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "readable by wxmp's user only");
+    assert!(!checkpoint.contains(TOKEN), "no token in the state");
+    // The out-of-memory killer, or `kill -9`: no stop, no state saved at the end.
+    drop(w);
+
+    let w = serve(&dir);
+    assert!(
+        w.wait_for_log(
+            "carried on from the last checkpoint (the last process was killed or crashed; at \
+             most its last second is lost): 1 answered message(s) for their retries, 1 signed \
+             URL(s)"
+        ),
+        "{}",
+        w.stderr()
+    );
+    // WeChat's retry reaches the new process: the same bytes, and the command did not run again.
+    let retry = w.post_signed(&message);
+    assert_eq!(retry.body, first.body, "byte for byte");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("runs.txt")).unwrap(),
+        "run\n",
+        "the command ran once"
+    );
+    let forged = w.request("POST", &url, &[], text("oAdmin", "计数").as_bytes());
+    assert_eq!(forged.status, 403, "{forged:?}");
+    // And what the new process knows is kept for the next one the same way, killed again.
+    wait_for_checkpoint(&dir, "run 1");
+    drop(w);
+    let w = serve(&dir);
+    assert!(w.wait_for_log("carried on from the last checkpoint"));
+    assert_eq!(w.post_signed(&message).body, first.body);
+    // A clean stop's file is not a checkpoint.
+    stop(w);
+    let stopped = std::fs::read_to_string(state_file(&dir)).unwrap();
+    assert!(!stopped.contains("checkpoint"), "{stopped}");
+    let w = serve(&dir);
+    assert!(w.wait_for_log("carried on from the last stop: 1 answered message(s)"));
 }
 
 #[test]
