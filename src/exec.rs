@@ -5,6 +5,7 @@
 //! own thread, no thread per pipe), so a program that writes a lot cannot block on a full pipe;
 //! each is captured up to [`OUTPUT_CAP`] bytes (the rest is read and dropped).
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -12,6 +13,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -26,6 +28,20 @@ static RUNNING: AtomicUsize = AtomicUsize::new(0);
 
 /// Set by [`stop_all`]: running programs are killed and new ones refused.
 static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// The flag `wxmp serve`'s SIGTERM and SIGINT handlers set ([`watch_stop_signal`]).
+static STOP_SIGNAL: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// How long a program ended by SIGTERM or SIGINT waits for [`STOP_SIGNAL`]: a supervisor that
+/// signals the whole service (systemd's default `KillMode=control-group`, a panel killing the
+/// process tree) signals wxmp and its programs at once, and the program's end can be seen
+/// before wxmp's own handler has run.
+const STOP_SIGNAL_WAIT: Duration = Duration::from_millis(200);
+
+thread_local! {
+    /// Whether the last [`run`] on this thread ended [`Status::Stopped`] (see [`take_cut_short`]).
+    static CUT_SHORT: Cell<bool> = const { Cell::new(false) };
+}
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -114,6 +130,37 @@ pub fn stop_all(wait: Duration) {
     STOPPING.store(true, Ordering::SeqCst);
     let deadline = Instant::now() + wait;
     while running() > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Gives this module the flag that `wxmp serve`'s SIGTERM and SIGINT handlers set, so that a
+/// program ended by the same stop signal (sent to the whole service) counts as
+/// [`Status::Stopped`], not as a program that failed. The first call wins.
+pub fn watch_stop_signal(flag: Arc<AtomicBool>) {
+    let _ = STOP_SIGNAL.set(flag);
+}
+
+/// Whether the last [`run`] on this thread was cut short by the server's stop
+/// ([`Status::Stopped`]), and forgets it. The answer made from such a run is for the tries of
+/// this process only: the next process runs the command again on WeChat's next try.
+pub fn take_cut_short() -> bool {
+    CUT_SHORT.with(|c| c.replace(false))
+}
+
+/// Whether a stop signal reached `wxmp serve` (waiting up to `wait` for one in flight).
+fn stop_signaled(wait: Duration) -> bool {
+    let Some(flag) = STOP_SIGNAL.get() else {
+        return false;
+    };
+    let deadline = Instant::now() + wait;
+    loop {
+        if flag.load(Ordering::SeqCst) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
         thread::sleep(Duration::from_millis(5));
     }
 }
@@ -215,8 +262,25 @@ fn status_of(s: ExitStatus) -> Status {
 }
 
 /// Runs `job`: stdin empty, stdout and stderr captured, the process group killed at the deadline.
-/// Never panics; every failure is a [`Status`].
+/// Never panics; every failure is a [`Status`]. A run ended by the server's stop is
+/// [`Status::Stopped`] and marked for [`take_cut_short`].
 pub fn run(job: &Job) -> Output {
+    let mut out = run_unmarked(job);
+    if let Status::Signaled(sig @ (libc::SIGTERM | libc::SIGINT)) = out.status {
+        if stop_signaled(STOP_SIGNAL_WAIT) {
+            log::info!(
+                "{} ended by signal {sig} together with wxmp (a stop signalled to the whole \
+                 service): counted as stopped by the stop",
+                job.program.display()
+            );
+            out.status = Status::Stopped;
+        }
+    }
+    CUT_SHORT.with(|c| c.set(out.status == Status::Stopped));
+    out
+}
+
+fn run_unmarked(job: &Job) -> Output {
     let start = Instant::now();
     if STOPPING.load(Ordering::SeqCst) {
         return Output::failed(Status::Stopped, start);

@@ -163,6 +163,9 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    // A program ended by the same SIGTERM (systemd signals the whole service unless
+    // KillMode=mixed) was stopped by the stop: its retry runs it again after the restart.
+    wxmp::exec::watch_stop_signal(Arc::clone(&stop));
     let started = config.clone();
     // What the last clean stop handed on (retries' answers, signed URLs, late results).
     let state_path = wxmp::state::path_in(&config.log.dir);

@@ -122,6 +122,10 @@ pub struct Answer {
     pub body: Arc<str>,
     /// The reply type, for the log.
     pub kind: &'static str,
+    /// Whether a restart hands it to the next process ([`crate::state`]): false for the answer
+    /// of a command the stop cut short ([`crate::exec::Status::Stopped`]), which tells the
+    /// tries of this process so; the next process runs the command again on WeChat's next try.
+    pub hand_on: bool,
 }
 
 impl crate::dedup::Weigh for Answer {
@@ -328,6 +332,7 @@ fn snapshot(app: &App) -> Saved {
         .dedup
         .answered()
         .into_iter()
+        .filter(|(_, _, _, answer)| answer.hand_on)
         .map(|(key, age, tries, answer)| SavedAnswer {
             key: key.to_string(),
             age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
@@ -369,6 +374,7 @@ fn restore(app: &App, saved: &Saved) {
         let answer = Answer {
             body: Arc::from(a.body.as_str()),
             kind,
+            hand_on: true,
         };
         if app
             .dedup
@@ -1078,6 +1084,7 @@ fn render(reply: &Reply, msg: &Message, seal: Option<&MsgCrypt>) -> Answer {
                 return Answer {
                     body: "success".into(),
                     kind: "success",
+                    hand_on: true,
                 };
             }
         },
@@ -1086,6 +1093,7 @@ fn render(reply: &Reply, msg: &Message, seal: Option<&MsgCrypt>) -> Answer {
     Answer {
         body: body.into(),
         kind: reply.kind(),
+        hand_on: true,
     }
 }
 
@@ -1165,10 +1173,13 @@ fn run_job(
         );
         Reply::Success
     });
+    // The job's program ran on this thread: was it cut short by the stop?
+    let cut_short = crate::exec::take_cut_short();
     let mut answer = None;
     app.pending
         .finish(&msg.dedup_key(), &msg.from_user, reply, |reply| {
-            let rendered = render(&reply, msg, seal);
+            let mut rendered = render(&reply, msg, seal);
+            rendered.hand_on = !cut_short;
             ticket.complete(rendered.clone());
             answer = Some(rendered);
         });

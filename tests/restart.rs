@@ -191,6 +191,102 @@ fn a_stop_with_nothing_to_hand_on_writes_no_state() {
     assert!(!state_file(&dir).exists());
 }
 
+/// A site whose `抓取` command is stopped the first time (it waits until wxmp stops it) and
+/// answers `run N` at once after that; each run writes its process (group) id to `pid`.
+fn interrupted_site(tag: &str) -> PathBuf {
+    site(
+        tag,
+        "[[command]]\nname = \"抓取\"\nexec = [\"./fetch.sh\"]\ntimeout = 12",
+        &[(
+            "fetch.sh",
+            "echo $$ > pid\necho run >> runs.txt\n\
+             if [ \"$(wc -l < runs.txt)\" -lt 2 ]; then sleep 11; fi\n\
+             echo \"run $(wc -l < runs.txt)\"",
+        )],
+    )
+}
+
+/// Sends `抓取` (a fresh message) on its own thread and waits until its program is running.
+fn fetch_in_background(w: &Wxmp, dir: &Path) -> (String, std::thread::JoinHandle<Resp>) {
+    let message = text("oUser", "抓取");
+    let (addr, url, body) = (w.addr, signed_query("/", TOKEN), message.clone());
+    let first = std::thread::spawn(move || {
+        http(
+            addr,
+            "POST",
+            &url,
+            &[],
+            body.as_bytes(),
+            Duration::from_secs(15),
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !dir.join("pid").exists() {
+        assert!(Instant::now() < deadline, "the program did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (message, first)
+}
+
+/// After a stop that cut `抓取` short: its answer was not handed on, and WeChat's next try,
+/// reaching the new process, runs the command again.
+fn the_next_process_runs_it_again(dir: &Path, message: &str) {
+    let saved = std::fs::read_to_string(state_file(dir)).unwrap_or_default();
+    assert!(!saved.contains("服务正在重启"), "{saved}");
+    assert!(!saved.contains("指令执行失败"), "{saved}");
+    let w = serve(dir);
+    let retry = w.post_signed(message);
+    assert_eq!(
+        parse_reply(&retry.body).get("Content"),
+        Some("run 2"),
+        "{retry:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("runs.txt")).unwrap(),
+        "run\nrun\n"
+    );
+}
+
+#[test]
+fn a_command_the_stop_cuts_short_runs_again_after_the_restart() {
+    let dir = interrupted_site("restart-cut-short");
+    let w = serve(&dir);
+    let (message, first) = fetch_in_background(&w, &dir);
+    // The program outlives the 4 s grace: wxmp kills it and tells the waiting try so.
+    stop(w);
+    let first = first.join().unwrap();
+    assert_eq!(
+        parse_reply(&first.body).get("Content"),
+        Some("服务正在重启，指令已停止，请稍后再试"),
+        "{first:?}"
+    );
+    the_next_process_runs_it_again(&dir, &message);
+}
+
+#[test]
+fn a_command_killed_by_the_same_stop_signal_as_wxmp_runs_again_after_the_restart() {
+    // systemd's default KillMode=control-group (or a panel killing the process tree) sends
+    // SIGTERM to wxmp and to its programs at once; the program's end is no failure of its own.
+    let dir = interrupted_site("restart-group-term");
+    let w = serve(&dir);
+    let (message, first) = fetch_in_background(&w, &dir);
+    let pid: i32 = std::fs::read_to_string(dir.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on the program's own process group (it is its leader) and on wxmp.
+    unsafe { libc::kill(-pid, libc::SIGTERM) };
+    stop(w);
+    let first = first.join().unwrap();
+    assert_eq!(
+        parse_reply(&first.body).get("Content"),
+        Some("服务正在重启，指令已停止，请稍后再试"),
+        "{first:?}"
+    );
+    the_next_process_runs_it_again(&dir, &message);
+}
+
 /// Waits (up to 5 s) for a checkpoint of the running server that `holds` something; its text.
 fn wait_for_checkpoint(dir: &Path, holds: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(5);
