@@ -481,12 +481,18 @@ welcome = "{welcome}"
 }
 
 /// Writes the first-run file at `path` with a fresh token and returns the token. Refuses to
-/// overwrite an existing file.
+/// overwrite an existing file. The file is readable by its owner only (mode 0600): it holds
+/// the token (the deploy steps give wxmp's group read access, README "Deploy").
 pub fn write_first_run(path: &Path) -> Result<String, String> {
     let token = generate_token()?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
         .open(path)
         .map_err(|e| format!("cannot create '{}': {e}", path.display()))?;
     std::io::Write::write_all(&mut file, first_run_file(&token).as_bytes())

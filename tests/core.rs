@@ -506,6 +506,12 @@ fn first_run_writes_a_config_with_a_fresh_token_and_serves() {
     let dir = temp_dir("firstrun");
     let w = Wxmp::start_in(&dir, &[], &[("WXMP_LISTEN", "127.0.0.1:0")]);
     let file = std::fs::read_to_string(dir.join("wxmp.toml")).expect("wxmp.toml written");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.join("wxmp.toml"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the token's file is its owner's alone");
     let token = file
         .lines()
         .find_map(|l| l.strip_prefix("token = \""))
