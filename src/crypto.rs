@@ -433,9 +433,17 @@ fn os_random<const N: usize>() -> Result<[u8; N], CryptoError> {
     crate::random::bytes().map_err(|e| CryptoError::Random(e.to_string()))
 }
 
-/// Parses `xml` with roxmltree (which rejects DTDs by default).
+/// Parses `xml` with roxmltree (which rejects DTDs by default), after the same guards as a
+/// message: no namespace declarations, few attributes ([`crate::message::check_markup`]), at
+/// most [`crate::message::MAX_NODES`] nodes. This runs before `msg_signature` is checked.
 fn parse_xml(xml: &str) -> Result<roxmltree::Document<'_>, CryptoError> {
-    roxmltree::Document::parse(xml).map_err(|e| CryptoError::Xml(e.to_string()))
+    crate::message::check_markup(xml).map_err(|e| CryptoError::Xml(e.to_string()))?;
+    let options = roxmltree::ParsingOptions {
+        nodes_limit: crate::message::MAX_NODES,
+        ..roxmltree::ParsingOptions::default()
+    };
+    roxmltree::Document::parse_with_options(xml, options)
+        .map_err(|e| CryptoError::Xml(e.to_string()))
 }
 
 /// The text of the one direct child `<name>` of the root element (all its text and CDATA
@@ -976,6 +984,14 @@ mod tests {
                 "{bad:?}"
             );
         }
+        // The envelope is parsed before msg_signature is checked: the same guards as a message.
+        let err = extract_encrypt("<xml xmlns:a=\"u\"><Encrypt>QUJD</Encrypt></xml>").unwrap_err();
+        assert!(err.to_string().contains("namespace"), "{err}");
+        let nodes = format!(
+            "<xml><Encrypt>QUJD</Encrypt>{}</xml>",
+            "<a/>".repeat(crate::message::MAX_NODES as usize)
+        );
+        assert!(matches!(extract_encrypt(&nodes), Err(CryptoError::Xml(_))));
     }
 
     #[test]

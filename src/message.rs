@@ -187,6 +187,11 @@ pub enum ParseError {
     /// A field that names things (`FromUserName`, `MsgType`, `Event`) holds a control character:
     /// WeChat's never do, and these go into log lines as they are.
     ControlCharacter(&'static str),
+    /// An XML namespace declaration: WeChat never sends one, and the parser pays for them out
+    /// of all proportion ([`check_markup`]).
+    Namespace,
+    /// More than [`MAX_ATTRIBUTES`] attributes: WeChat sends none ([`check_markup`]).
+    TooManyAttributes,
 }
 
 impl fmt::Display for ParseError {
@@ -205,6 +210,14 @@ impl fmt::Display for ParseError {
             ParseError::ControlCharacter(field) => {
                 write!(f, "field <{field}> holds a control character")
             }
+            ParseError::Namespace => write!(
+                f,
+                "an XML namespace declaration (xmlns), which WeChat's messages never have"
+            ),
+            ParseError::TooManyAttributes => write!(
+                f,
+                "more than {MAX_ATTRIBUTES} XML attributes (WeChat's messages have none)"
+            ),
         }
     }
 }
@@ -262,8 +275,82 @@ pub const MAX_DEPTH: usize = 8;
 /// and a 64 KiB body of `<a/>`s would otherwise make ~16,000 of them in memory.
 pub const MAX_NODES: u32 = 1024;
 
+/// How many attributes a body may hold in all: WeChat's messages and safe-mode envelopes have
+/// none, and the XML parser checks each element's attributes against each other.
+pub const MAX_ATTRIBUTES: usize = 16;
+
+/// Refuses, in one pass over the bytes and before any XML parser sees them, the markup that
+/// makes roxmltree slow out of all proportion to the body's size: a **namespace declaration**
+/// (it copies every namespace in scope into each element that declares one and compares them:
+/// 55 KB of declarations took ~4 s of CPU to parse) and more than [`MAX_ATTRIBUTES`]
+/// attributes (one element's 7,000 took ~30 ms). Text and CDATA are not markup: a message may
+/// say `xmlns="…"`. Anything malformed is left for the parser to refuse.
+pub fn check_markup(xml: &str) -> Result<(), ParseError> {
+    let b = xml.as_bytes();
+    let find = |from: usize, what: &[u8]| {
+        b.get(from..)
+            .and_then(|rest| rest.windows(what.len()).position(|w| w == what))
+            .map(|at| from + at)
+    };
+    let mut attributes = 0;
+    let mut i = 0;
+    while let Some(lt) = find(i, b"<") {
+        let rest = &b[lt..];
+        // Sections whose contents are not markup: skip to their end (none: the parser refuses).
+        let skip = [
+            (&b"<![CDATA["[..], &b"]]>"[..]),
+            (b"<!--", b"-->"),
+            (b"<?", b"?>"),
+        ]
+        .iter()
+        .find(|(open, _)| rest.starts_with(open))
+        .map(|(open, close)| find(lt + open.len(), close).map(|end| end + close.len()));
+        match skip {
+            Some(Some(end)) => {
+                i = end;
+                continue;
+            }
+            Some(None) => return Ok(()),
+            None => {}
+        }
+        // A tag: to its `>`, attribute values (quoted, and free to hold `>`) skipped.
+        let mut quote = None;
+        let mut j = lt + 1;
+        while let Some(&c) = b.get(j) {
+            match (quote, c) {
+                (Some(q), _) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, b'"' | b'\'') => quote = Some(c),
+                (None, b'>') => break,
+                (None, b'=') => {
+                    attributes += 1;
+                    if attributes > MAX_ATTRIBUTES {
+                        return Err(ParseError::TooManyAttributes);
+                    }
+                }
+                (None, _) if c.is_ascii_whitespace() => {
+                    // An attribute named `xmlns` or `xmlns:…` (`Eq` may have spaces around it).
+                    let name = b.get(j + 1..).and_then(|n| n.strip_prefix(b"xmlns"));
+                    if let Some(after) = name {
+                        if after.first() == Some(&b':')
+                            || after.trim_ascii_start().first() == Some(&b'=')
+                        {
+                            return Err(ParseError::Namespace);
+                        }
+                    }
+                }
+                (None, _) => {}
+            }
+            j += 1;
+        }
+        i = j + 1;
+    }
+    Ok(())
+}
+
 /// Parses an inbound message body.
 pub fn parse(xml: &str) -> Result<Message, ParseError> {
+    check_markup(xml)?;
     // roxmltree refuses DTDs by default, and without a DTD no entity but the five predefined
     // ones can exist: billion-laughs and external entities are impossible by construction.
     let options = roxmltree::ParsingOptions {
@@ -636,6 +723,49 @@ mod tests {
         ));
         assert!(matches!(parse("<foo/>"), Err(ParseError::Root(_))));
         assert!(matches!(parse("<xml><MsgType>text</MsgType><FromUserName>a</FromUserName><CreateTime>x</CreateTime></xml>"), Err(ParseError::NotANumber { .. })));
+    }
+
+    #[test]
+    fn namespaces_and_many_attributes_are_refused_before_parsing() {
+        let ok = |xml: &str| assert!(check_markup(xml).is_ok(), "{xml}");
+        let refused = |xml: &str, e: ParseError| assert_eq!(check_markup(xml), Err(e), "{xml}");
+        for declaration in [
+            "<xml xmlns=\"u\">",
+            "<xml xmlns:a=\"u\">",
+            "<xml\n\txmlns:a='u'>",
+            "<xml xmlns = \"u\">",
+            "<xml><a b=\"1\" xmlns:m=\"v\"/>",
+        ] {
+            refused(declaration, ParseError::Namespace);
+        }
+        // Text, CDATA, comments, processing instructions and attribute values are not markup.
+        ok("<xml><Content><![CDATA[<a xmlns:a=\"u\" b=c d=e>]]></Content></xml>");
+        ok("<xml><Content>a xmlns=b > c</Content><!-- <x xmlns=\"y\"> --></xml>");
+        ok("<?xml version=\"1.0\" encoding=\"UTF-8\"?><xml/>");
+        ok("<xml><a b=\" xmlns:c=d > \" e='xmlns=f'/></xml>");
+        ok("<xml><xmlnsField>1</xmlnsField><a xmlnsb=\"1\"/></xml>");
+        // Attributes: 16 in all, however spread.
+        let attrs = |n: usize| {
+            let mut xml = String::from("<xml>");
+            for i in 0..n {
+                xml.push_str(&format!("<a n{i}=\"{i}\"/>"));
+            }
+            xml + "</xml>"
+        };
+        ok(&attrs(MAX_ATTRIBUTES));
+        refused(&attrs(MAX_ATTRIBUTES + 1), ParseError::TooManyAttributes);
+        // Unterminated sections are the parser's to refuse.
+        ok("<xml><![CDATA[ xmlns=");
+        assert!(matches!(
+            parse("<xml><![CDATA[ xmlns="),
+            Err(ParseError::Xml(_))
+        ));
+        // And parse() applies it, with a message that says why.
+        let err = parse("<xml xmlns:a=\"u\"><MsgType>text</MsgType></xml>").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "an XML namespace declaration (xmlns), which WeChat's messages never have"
+        );
     }
 
     #[test]

@@ -389,6 +389,31 @@ fn dtd_and_entities_are_400() {
 }
 
 #[test]
+fn namespace_declarations_are_400_before_the_parser_sees_them() {
+    // 3,000 namespaces in scope and 900 elements declaring one more: ~55 KB, under every size
+    // limit, that took roxmltree ~4 s of CPU to parse (and a signed URL from a log could send it
+    // again and again). WeChat sends no namespaces.
+    let w = Wxmp::start("");
+    let mut bomb = String::from("<xml");
+    for i in 0..3000 {
+        bomb.push_str(&format!(" xmlns:a{i}=\"u\""));
+    }
+    bomb.push_str("><FromUserName>u</FromUserName><MsgType>text</MsgType>");
+    for _ in 0..900 {
+        bomb.push_str("<k xmlns:m=\"v\"/>");
+    }
+    bomb.push_str("</xml>");
+    assert!(bomb.len() < 64 * 1024);
+    let r = w.post_signed(&bomb);
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("namespace"), "{r:?}");
+    assert!(w.wait_for_log("POST refused (400): an XML namespace declaration"));
+    // A text that only mentions them is a text.
+    let mentions = text("oU", "<a xmlns:m=\"v\">");
+    assert_text_reply(&w.post_signed(&mentions), "oU", DEFAULT_REPLY);
+}
+
+#[test]
 fn missing_msgtype_is_400() {
     let w = Wxmp::start("");
     let r = w.post_signed("<xml><FromUserName>u</FromUserName><Content>hi</Content></xml>");
