@@ -4,9 +4,11 @@
 //! body, and access logs (nginx's among them) keep URLs. [`crate::signature::check_fresh`] bounds
 //! a URL's life to five minutes; within them, anyone who read the URL could still POST another
 //! body with it, such as an admin command from an admin's openid. The [`Ledger`] remembers which
-//! message each recent signed URL carried: the same URL again with the same message is one of
-//! WeChat's retries (it may reuse the URL of the first try) and goes on to the retry table; with
-//! another message it is refused. A URL that verified the server (GET) carries no message, so no
+//! message each recent signed URL carried: the same URL again with the same message within
+//! [`RETRIES_WITHIN`] of its first use is one of WeChat's retries (it may reuse the URL of the
+//! first try) and goes on to the retry table; later, when the retry table has forgotten the
+//! answer, it would run the message's command again, so it is refused as a replay; with another
+//! message it is refused. A URL that verified the server (GET) carries no message, so no
 //! POST may use it. Safe mode's `msg_signature` signs the body as well; the ledger is kept for
 //! every mode alike.
 //!
@@ -22,6 +24,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How long after its first use a URL may carry its message again, as WeChat's retries do (its
+/// tries of a message span ~15 s): as long as the retry table keeps the answer for them.
+pub const RETRIES_WITHIN: Duration = crate::dedup::DEFAULT_TTL;
 
 /// Signed URLs remembered at most: at ~16 bytes each (plus the map's overhead) 1,024 cost ~40
 /// KiB, and cover an account receiving up to ~3 messages a second over a URL's five minutes.
@@ -32,8 +39,11 @@ pub const DEFAULT_CAPACITY: usize = 1024;
 pub enum Seen {
     /// Not seen before (or forgotten): now remembered with this message.
     First,
-    /// Seen with this same message: a retry that reuses its URL.
+    /// Seen with this same message within [`RETRIES_WITHIN`]: a retry that reuses its URL.
     Same,
+    /// Seen with this same message longer ago than [`RETRIES_WITHIN`]: WeChat's retries are
+    /// over, so this is the URL and message replayed (from a log) to run it again.
+    Spent,
     /// Seen with another message, or used to verify the server: a replayed URL.
     Other,
 }
@@ -45,8 +55,8 @@ pub struct Ledger {
 }
 
 struct Inner {
-    /// URL fingerprint → message fingerprint.
-    carried: HashMap<u64, u64>,
+    /// URL fingerprint → message fingerprint, and when the URL was first seen.
+    carried: HashMap<u64, (u64, Instant)>,
     /// URL fingerprints in the order they were first seen, for forgetting the oldest.
     order: VecDeque<u64>,
     /// URLs recorded so far, restored ones included (see [`Ledger::changes`]).
@@ -109,14 +119,21 @@ impl Ledger {
     /// Records that the URL with the (verified) `signature` carried the message `message_key`
     /// ([`crate::message::Message::dedup_key`]) and says what it carried before.
     pub fn record(&self, signature: &str, message_key: &str) -> Seen {
-        self.note(url_fingerprint(signature), message_fingerprint(message_key))
+        let now = Instant::now();
+        self.note(
+            url_fingerprint(signature),
+            message_fingerprint(message_key),
+            now,
+            now,
+        )
     }
 
     /// Records that the URL with the (verified) `signature` verified the server (a GET), so that
     /// no POST can use it. Whatever it carried before, a verification only echoes its own
     /// `echostr`.
     pub fn record_verification(&self, signature: &str) -> Seen {
-        self.note(url_fingerprint(signature), VERIFICATION)
+        let now = Instant::now();
+        self.note(url_fingerprint(signature), VERIFICATION, now, now)
     }
 
     /// The remembered URLs as (URL, message) fingerprints, oldest first: what a clean stop saves.
@@ -125,15 +142,20 @@ impl Ledger {
         inner
             .order
             .iter()
-            .filter_map(|url| inner.carried.get(url).map(|message| (*url, *message)))
+            .filter_map(|url| inner.carried.get(url).map(|(message, _)| (*url, *message)))
             .collect()
     }
 
-    /// Remembers `entries` (from [`Ledger::entries`] of an earlier process), oldest first, as if
-    /// their URLs had been recorded in that order; a URL already known keeps what it carried.
-    pub fn restore(&self, entries: &[(u64, u64)]) {
+    /// Remembers `entries` (from [`Ledger::entries`] of an earlier process, saved `age` ago),
+    /// oldest first, as if their URLs had been recorded in that order when it was saved; a URL
+    /// already known keeps what it carried.
+    pub fn restore(&self, entries: &[(u64, u64)], age: Duration) {
+        let now = Instant::now();
+        // Before this machine's boot (an Instant cannot say): as if just saved, which only lets
+        // a retry through that the retry table then answers.
+        let saved_at = now.checked_sub(age).unwrap_or(now);
         for &(url, message) in entries {
-            self.note(url, message);
+            self.note(url, message, saved_at, now);
         }
     }
 
@@ -153,13 +175,17 @@ impl Ledger {
         self.len() == 0
     }
 
-    fn note(&self, url: u64, message: u64) -> Seen {
+    /// Records `url` carrying `message`, first seen at `seen_at` if it is new; `now` dates a
+    /// repeat.
+    fn note(&self, url: u64, message: u64, seen_at: Instant, now: Instant) -> Seen {
         let mut inner = self.lock();
-        if let Some(&before) = inner.carried.get(&url) {
-            return if before == message {
+        if let Some(&(before, first)) = inner.carried.get(&url) {
+            return if before != message {
+                Seen::Other
+            } else if now.saturating_duration_since(first) <= RETRIES_WITHIN {
                 Seen::Same
             } else {
-                Seen::Other
+                Seen::Spent
             };
         }
         if inner.order.len() >= self.capacity {
@@ -167,7 +193,7 @@ impl Ledger {
                 inner.carried.remove(&oldest);
             }
         }
-        inner.carried.insert(url, message);
+        inner.carried.insert(url, (message, seen_at));
         inner.order.push_back(url);
         inner.recorded += 1;
         Seen::First
@@ -185,9 +211,50 @@ mod tests {
     use super::*;
     use crate::signature::sign;
 
+    impl Ledger {
+        fn record_raw(&self, url: u64, message: u64) -> Seen {
+            let now = Instant::now();
+            self.note(url, message, now, now)
+        }
+    }
+
     /// The signature WeChat would put in a URL with `timestamp` and `nonce`.
     fn url(timestamp: &str, nonce: &str) -> String {
         sign(&["token", timestamp, nonce])
+    }
+
+    #[test]
+    fn a_url_carries_its_message_again_only_within_wechats_retries() {
+        let ledger = Ledger::default();
+        let t0 = Instant::now();
+        let (u, m) = (
+            url_fingerprint(&url("1700000000", "5")),
+            message_fingerprint("k"),
+        );
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        assert_eq!(ledger.note(u, m, t0, t0), Seen::First);
+        assert_eq!(ledger.note(u, m, at(29), at(29)), Seen::Same);
+        assert_eq!(ledger.note(u, m, at(30), at(30)), Seen::Same);
+        assert_eq!(ledger.note(u, m, at(31), at(31)), Seen::Spent);
+        // Still spent later, and the first sighting is not moved by the repeats.
+        assert_eq!(ledger.note(u, m, at(200), at(200)), Seen::Spent);
+        assert_eq!(ledger.note(u, 7, at(31), at(31)), Seen::Other);
+        assert_eq!(ledger.note(u, 7, at(1), at(1)), Seen::Other);
+    }
+
+    #[test]
+    fn restored_urls_are_dated_by_the_save() {
+        let ledger = Ledger::default();
+        let (u, m) = (1, 2);
+        ledger.restore(&[(u, m)], Duration::from_secs(25));
+        let now = Instant::now();
+        assert_eq!(ledger.note(u, m, now, now), Seen::Same);
+        let later = now + Duration::from_secs(6);
+        assert_eq!(ledger.note(u, m, later, later), Seen::Spent);
+        // Saved longer ago than the retries last: spent at once.
+        let old = Ledger::default();
+        old.restore(&[(u, m)], Duration::from_secs(40));
+        assert_eq!(old.record_raw(u, m), Seen::Spent);
     }
 
     #[test]
@@ -206,7 +273,7 @@ mod tests {
         ledger.record_verification(&url("1700000000", "2"));
         ledger.record(&url("1700000000", "3"), "id|oUser|3");
         assert_eq!(ledger.changes(), 3, "counted past the capacity");
-        ledger.restore(&[(7, 8), (7, 9)]);
+        ledger.restore(&[(7, 8), (7, 9)], Duration::ZERO);
         assert_eq!(ledger.changes(), 4);
     }
 
@@ -329,7 +396,7 @@ mod tests {
         assert_eq!(saved[0].0, url_fingerprint(&u[0]), "oldest first");
 
         let after = Ledger::new(4);
-        after.restore(&saved);
+        after.restore(&saved, Duration::ZERO);
         assert_eq!(after.entries(), saved);
         assert_eq!(after.record(&u[0], "m0"), Seen::Same);
         assert_eq!(after.record(&u[0], "forged"), Seen::Other);

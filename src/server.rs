@@ -390,7 +390,7 @@ fn restore(app: &App, saved: &Saved) {
     // A signed URL is good for MAX_CLOCK_SKEW either side of its timestamp: past twice that
     // since the save, every saved one is refused as stale anyway.
     let urls_restored = if saved.age_at(0, now) <= URLS_OUTLIVE {
-        app.urls.restore(&urls);
+        app.urls.restore(&urls, saved.age_at(0, now));
         urls.len()
     } else {
         stale += urls.len();
@@ -1006,13 +1006,27 @@ fn handle_post(app: &Arc<App>, mut req: Request, live: &Live, query: &Query, mut
         .filter(|age| *age <= AGE_MEANINGFUL)
         .unwrap_or(0);
     let key = msg.dedup_key();
-    if app.urls.record(url.signature, &key) == Seen::Other {
-        warn!(
-            "{} POST refused (403): its signed URL (timestamp {sent_at}, nonce {:?}) already \
-             carried another message: a URL replayed from a log with a forged body",
-            ctx.peer, url.nonce
-        );
-        return respond_text(req, 403, "forbidden: signed URL already used");
+    match app.urls.record(url.signature, &key) {
+        Seen::First | Seen::Same => {}
+        Seen::Other => {
+            warn!(
+                "{} POST refused (403): its signed URL (timestamp {sent_at}, nonce {:?}) already \
+                 carried another message: a URL replayed from a log with a forged body",
+                ctx.peer, url.nonce
+            );
+            return respond_text(req, 403, "forbidden: signed URL already used");
+        }
+        Seen::Spent => {
+            warn!(
+                "{} POST refused (403): its signed URL (timestamp {sent_at}, nonce {:?}) carried \
+                 this message over {}s ago, after WeChat's retries: a URL and message replayed \
+                 from a log to run it again",
+                ctx.peer,
+                url.nonce,
+                crate::replay::RETRIES_WITHIN.as_secs()
+            );
+            return respond_text(req, 403, "forbidden: signed URL already used");
+        }
     }
     match app.dedup.claim(&key) {
         Claim::First(ticket) => first_try(app, req, msg, ticket, ctx),

@@ -379,6 +379,42 @@ fn a_state_saved_long_ago_is_too_old_to_keep() {
 }
 
 #[test]
+fn a_url_and_message_replayed_after_wechats_retries_are_refused() {
+    // The retry table keeps an answer 30 s, WeChat's tries span ~15 s, and a signed URL is good
+    // for 5 minutes: without the ledger's dates, the URL and body of an event read from a log
+    // would run its command again every 30 s. Here the 30 s pass during a restart (the state's
+    // save moved 40 s back): the answer is too old to keep, the URL is remembered and dated.
+    let dir = counting_site("restart-replay-spent");
+    let w = serve(&dir);
+    let (message, url, _) = count_once(&w);
+    stop(w);
+    let path = state_file(&dir);
+    let saved = std::fs::read_to_string(&path).unwrap();
+    let line = saved
+        .lines()
+        .find(|l| l.starts_with("saved_at_ms = "))
+        .expect("saved_at_ms")
+        .to_string();
+    let at: u64 = line["saved_at_ms = ".len()..].parse().unwrap();
+    std::fs::write(
+        &path,
+        saved.replace(&line, &format!("saved_at_ms = {}", at - 40_000)),
+    )
+    .unwrap();
+    let w = serve(&dir);
+    assert!(w.wait_for_log("0 answered message(s) for their retries, 1 signed URL(s)"));
+    let replayed = w.request("POST", &url, &[], message.as_bytes());
+    assert_eq!(replayed.status, 403, "{replayed:?}");
+    assert_eq!(replayed.body, "forbidden: signed URL already used");
+    assert!(w.wait_for_log("after WeChat's retries: a URL and message replayed from a log"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("runs.txt")).unwrap(),
+        "run\n",
+        "the command did not run again"
+    );
+}
+
+#[test]
 fn a_verification_alone_is_handed_on() {
     // WeChat's 提交 verified the server just before a restart: that URL, read from a log, still
     // carries no message afterwards.
