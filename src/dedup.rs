@@ -8,7 +8,7 @@
 //! entry is one).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -89,13 +89,22 @@ pub struct Slot<T> {
     created: Instant,
     /// The answer's weight once completed, counted in the table's bytes until removed.
     weight: AtomicUsize,
+    /// Whether the entry has left the table; changed only under `state`'s lock, where the
+    /// answer's weight is counted, so that an answer recorded after its entry expired (a first
+    /// try still working past the time-to-live) is never counted in the table's bytes.
+    removed: AtomicBool,
     tally: Arc<Tally>,
 }
 
 impl<T> Slot<T> {
-    /// Ends the pending state and wakes the tries waiting for it, if any.
-    fn finish(&self, end: State<T>) {
+    /// Ends the pending state and wakes the tries waiting for it, if any; an answer weighing
+    /// `weight` bytes is counted in the table's bytes while the entry is in the table.
+    fn finish(&self, end: State<T>, weight: usize) {
         let mut state = lock(&self.state);
+        if !self.removed.load(Ordering::SeqCst) {
+            self.weight.store(weight, Ordering::SeqCst);
+            self.tally.bytes.fetch_add(weight, Ordering::SeqCst);
+        }
         *state = end;
         if self.waiters.load(Ordering::SeqCst) > 0 {
             self.ready.notify_all();
@@ -104,6 +113,8 @@ impl<T> Slot<T> {
 
     /// Takes this slot's answer out of the table's byte count (it is leaving the table).
     fn release(&self) {
+        let _state = lock(&self.state);
+        self.removed.store(true, Ordering::SeqCst);
         let w = self.weight.swap(0, Ordering::SeqCst);
         self.tally.bytes.fetch_sub(w, Ordering::SeqCst);
     }
@@ -231,6 +242,7 @@ impl<T: Clone + Weigh> Dedup<T> {
             ready: Condvar::new(),
             created,
             weight: AtomicUsize::new(weight),
+            removed: AtomicBool::new(false),
             tally: Arc::clone(&self.tally),
         })
     }
@@ -325,9 +337,7 @@ impl<T: Clone + Weigh> Ticket<T> {
     pub fn complete(mut self, answer: T) {
         self.completed = true;
         let w = answer.weight();
-        self.slot.weight.store(w, Ordering::SeqCst);
-        self.slot.tally.bytes.fetch_add(w, Ordering::SeqCst);
-        self.slot.finish(State::Done(answer));
+        self.slot.finish(State::Done(answer), w);
         // Counted after the answer is in its slot: a checkpoint that sees the new count finds it.
         self.slot.tally.answered.fetch_add(1, Ordering::SeqCst);
     }
@@ -347,7 +357,7 @@ impl<T> Ticket<T> {
 impl<T> Drop for Ticket<T> {
     fn drop(&mut self) {
         if !self.completed {
-            self.slot.finish(State::Abandoned);
+            self.slot.finish(State::Abandoned, 0);
         }
     }
 }
@@ -391,6 +401,37 @@ impl<T: Clone> Repeat<T> {
 mod tests {
     use super::*;
     use std::thread;
+
+    #[test]
+    fn an_answer_recorded_after_its_entry_expired_is_not_counted() {
+        // A first try still working past the time-to-live: its entry leaves the table, then its
+        // answer comes. Counted, it would stay in the byte count for ever, and past the budget
+        // every claim would evict all but one entry: retries no longer recognised.
+        let d: Dedup<String> = Dedup::with_budget(Duration::from_millis(50), 1024, 1000);
+        let Claim::First(slow) = d.claim("slow") else {
+            panic!("first try must claim")
+        };
+        thread::sleep(Duration::from_millis(80));
+        let Claim::First(other) = d.claim("other") else {
+            panic!("first try must claim")
+        };
+        assert_eq!(d.len(), 1, "slow expired");
+        slow.complete("x".repeat(2000));
+        assert_eq!(d.bytes(), 0);
+        other.complete("y".into());
+        assert_eq!(d.bytes(), 1);
+        for key in ["m1", "m2", "m3"] {
+            let Claim::First(t) = d.claim(key) else {
+                panic!("first try must claim")
+            };
+            t.complete("z".into());
+        }
+        assert!(
+            matches!(d.claim("m1"), Claim::Repeat(_)),
+            "still remembered"
+        );
+        assert_eq!(d.len(), 4);
+    }
 
     #[test]
     fn every_answer_recorded_or_restored_is_a_change_and_nothing_else_is() {
