@@ -31,6 +31,12 @@ pub struct Config {
     /// The 43-character EncodingAESKey, for safe and compatible mode. Env `WXMP_ENCODING_AES_KEY`.
     #[serde(default)]
     pub encoding_aes_key: Option<String>,
+    /// Refuse POSTs that are not encrypted (for an account in 安全模式, where WeChat sends no
+    /// other): a plain POST's `signature` covers only the URL, so a URL read from a log could
+    /// carry a forged body; an encrypted one's `msg_signature` covers the body. Needs
+    /// `encoding_aes_key`. Default false: plain requests work beside encrypted ones.
+    #[serde(default)]
+    pub encrypted_only: bool,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -170,6 +176,7 @@ impl Default for Config {
             workers: default_workers(),
             app_id: None,
             encoding_aes_key: None,
+            encrypted_only: false,
             log: LogConfig::default(),
             reply: ReplyConfig::default(),
             admins: Vec::new(),
@@ -292,8 +299,14 @@ impl Config {
                 self.workers
             ));
         }
-        if let Err(e) = self.crypt() {
-            errors.push(e);
+        match self.crypt() {
+            Err(e) => errors.push(e),
+            Ok(None) if self.encrypted_only => errors.push(
+                "encrypted_only = true needs encoding_aes_key and app_id (safe mode): without \
+                 them no message could be read"
+                    .into(),
+            ),
+            Ok(_) => {}
         }
         if let Err(e) = self.log.settings() {
             errors.extend(e);
@@ -448,6 +461,9 @@ workers = 4
 # EncodingAESKey from the same admin page. Leave commented out for plain mode (明文模式).
 # app_id = "wx..."
 # encoding_aes_key = "..."
+# In safe mode WeChat sends every message encrypted: refuse plain ones (a URL read from a log
+# cannot then carry a forged body). Leave false in compatible mode.
+# encrypted_only = true
 
 # Openids allowed to run `admin = true` commands; send `whoami` to the account to see yours.
 # admins = ["o..."]
@@ -559,6 +575,23 @@ mod tests {
         let c = Config::from_toml(&first_run_file(&token)).unwrap();
         assert_eq!(c.token, token);
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn encrypted_only_needs_a_key() {
+        let base = "token = \"abc\"\nencrypted_only = true\n";
+        let plain = Config::from_toml(base).unwrap();
+        let errors = plain.validate().unwrap_err();
+        assert!(
+            errors[0].starts_with("encrypted_only = true needs"),
+            "{errors:?}"
+        );
+        let safe = Config::from_toml(&format!(
+            "{base}app_id = \"wx2c2769f8efd9abc2\"\nencoding_aes_key = \"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG\""
+        ))
+        .unwrap();
+        assert!(safe.validate().is_ok());
+        assert!(!Config::from_toml("token = \"abc\"").unwrap().encrypted_only);
     }
 
     #[test]

@@ -966,6 +966,19 @@ fn handle_post(app: &Arc<App>, mut req: Request, live: &Live, query: &Query, mut
             return respond_text(req, 403, "forbidden: stale timestamp");
         }
     };
+    let encrypted = query.get("encrypt_type") == Some("aes");
+    if live.config.encrypted_only && !encrypted {
+        warn!(
+            "{} POST refused (403): not encrypted, and encrypted_only = true (WeChat sends a \
+             safe-mode account's messages with encrypt_type=aes)",
+            ctx.peer
+        );
+        return respond_text(
+            req,
+            403,
+            "forbidden: this account takes encrypted messages only",
+        );
+    }
     let body = match read_body(&mut req) {
         Ok(body) => body,
         Err((status, why)) => {
@@ -980,7 +993,7 @@ fn handle_post(app: &Arc<App>, mut req: Request, live: &Live, query: &Query, mut
             return respond_text(req, status, &why);
         }
     };
-    let body = if query.get("encrypt_type") == Some("aes") {
+    let body = if encrypted {
         match open_sealed(live, query, &body) {
             Ok((xml, crypt)) => {
                 ctx.seal = Some(crypt);

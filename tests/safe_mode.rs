@@ -49,6 +49,26 @@ fn compatible_mode_is_answered_encrypted() {
 }
 
 #[test]
+fn encrypted_only_refuses_plain_posts_and_serves_encrypted_ones() {
+    let w = Wxmp::start(&format!("{}encrypted_only = true\n", safe_mode_config()));
+    let plain = w.post_signed(&text("oPlain", "hi"));
+    assert_eq!(plain.status, 403, "{plain:?}");
+    assert_eq!(
+        plain.body,
+        "forbidden: this account takes encrypted messages only"
+    );
+    assert!(w.wait_for_log("not encrypted, and encrypted_only = true"));
+    let crypt = sample_crypt();
+    for compatible in [false, true] {
+        let (q, body) = safe_request(&crypt, &text("oSafe", "hi"), compatible);
+        assert_sealed_text_reply(&crypt, &reply_of(&w, &q, &body), "oSafe", DEFAULT_REPLY);
+    }
+    // WeChat's URL verification is plain in every mode.
+    let verification = format!("{}&echostr=e1", signed_query("/", TOKEN));
+    assert_eq!(w.get(&verification).body, "e1");
+}
+
+#[test]
 fn plain_requests_still_work_with_a_key_configured() {
     let w = Wxmp::start(&safe_mode_config());
     assert_text_reply(
