@@ -287,10 +287,18 @@ pub const MAX_ATTRIBUTES: usize = 16;
 /// say `xmlns="…"`. Anything malformed is left for the parser to refuse.
 pub fn check_markup(xml: &str) -> Result<(), ParseError> {
     let b = xml.as_bytes();
+    // A byte scan for the first byte, then a compare: several times faster than comparing a
+    // window at every position, and this runs over every body.
     let find = |from: usize, what: &[u8]| {
-        b.get(from..)
-            .and_then(|rest| rest.windows(what.len()).position(|w| w == what))
-            .map(|at| from + at)
+        let (&first, _) = what.split_first()?;
+        let mut at = from;
+        loop {
+            let hit = at + b.get(at..)?.iter().position(|&c| c == first)?;
+            if b[hit..].starts_with(what) {
+                return Some(hit);
+            }
+            at = hit + 1;
+        }
     };
     let mut attributes = 0;
     let mut i = 0;
