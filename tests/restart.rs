@@ -351,6 +351,32 @@ fn a_killed_process_hands_on_its_last_checkpoint() {
 }
 
 #[test]
+fn a_checkpoint_that_cannot_be_written_is_reported_once_and_tried_again() {
+    let dir = site("restart-checkpoint-fails", "", &[]);
+    // Something in the way: a folder where the file goes.
+    std::fs::create_dir_all(state_file(&dir).join("in-the-way")).unwrap();
+    let w = serve(&dir);
+    assert!(w.wait_for_log("starting without the last stop's state"));
+    for i in 0..3 {
+        assert_text_reply(&w.post_signed(&text("oUser", "hi")), "oUser", DEFAULT_REPLY);
+        std::thread::sleep(Duration::from_millis(1_100 * (i + 1) / 3));
+    }
+    assert!(w.wait_for_log("checkpoint: cannot write"), "{}", w.stderr());
+    std::thread::sleep(Duration::from_millis(1_200));
+    assert_eq!(
+        w.stderr().matches("checkpoint: cannot write").count(),
+        1,
+        "warned once, not every second: {}",
+        w.stderr()
+    );
+    // Out of the way: the next checkpoint is written, and says so.
+    std::fs::remove_dir_all(state_file(&dir)).unwrap();
+    assert_text_reply(&w.post_signed(&text("oUser", "hi")), "oUser", DEFAULT_REPLY);
+    assert!(w.wait_for_log("checkpoints are written again"));
+    wait_for_checkpoint(&dir, "answers");
+}
+
+#[test]
 fn a_state_saved_long_ago_is_too_old_to_keep() {
     let dir = counting_site("restart-old");
     let w = serve(&dir);
