@@ -104,13 +104,18 @@ pub fn spawn(
                     Ok(()) => failed = 0,
                     Err(e) => {
                         failed += 1;
+                        // The verdict first, the log line after: whatever holds the server
+                        // back may hold logging back too, and the exit must not wait for it.
+                        if failed >= failures {
+                            *out.lock().unwrap_or_else(PoisonError::into_inner) = Some(format!(
+                                "{addr} stopped answering ({failures} self-probes failed, last: \
+                                 {e})"
+                            ));
+                        }
                         log::warn!(
                             "watchdog: self-probe of {addr} failed ({failed}/{failures}): {e}"
                         );
                         if failed >= failures {
-                            *out.lock().unwrap_or_else(PoisonError::into_inner) = Some(format!(
-                            "{addr} stopped answering ({failures} self-probes failed, last: {e})"
-                        ));
                             return;
                         }
                     }

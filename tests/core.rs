@@ -413,6 +413,125 @@ fn namespace_declarations_are_400_before_the_parser_sees_them() {
     assert_text_reply(&w.post_signed(&mentions), "oU", DEFAULT_REPLY);
 }
 
+/// Sends `n` signed texts from `from` on one keep-alive connection; how many were answered 200.
+fn texts_on_one_connection(addr: std::net::SocketAddr, from: &str, n: usize) -> usize {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut ok = 0;
+    for i in 0..n {
+        let body = text(from, &format!("flood {i}"));
+        let head = format!(
+            "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            signed_query("/", TOKEN),
+            body.len()
+        );
+        if writer
+            .write_all(format!("{head}{body}").as_bytes())
+            .is_err()
+        {
+            break;
+        }
+        let (mut status, mut length) = (String::new(), 0usize);
+        if reader.read_line(&mut status).unwrap_or(0) == 0 {
+            break;
+        }
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut answer = vec![0; length];
+        if reader.read_exact(&mut answer).is_err() {
+            break;
+        }
+        ok += usize::from(status.contains(" 200 "));
+    }
+    ok
+}
+
+#[test]
+fn a_stderr_nobody_reads_does_not_stop_the_server() {
+    // `wxmp serve 2>&1 | less` left on a page, a paused terminal, a stalled journald: stderr
+    // stops being read. Its pipe is made one page small here, and nothing reads it after the
+    // start: the log lines of these messages are ~100 times what it holds.
+    let dir = config_dir("stderr-unread", "");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
+        .args(["serve", "--config", "wxmp.toml"])
+        .current_dir(&dir)
+        .env_remove("WXMP_LISTEN")
+        .env_remove("WXMP_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    // SAFETY: fcntl on a pipe fd we own; F_SETPIPE_SZ takes an int.
+    unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&stderr),
+            libc::F_SETPIPE_SZ,
+            4096,
+        )
+    };
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let addr: std::net::SocketAddr = loop {
+        let line = lines.next().expect("wxmp exited").unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    // From here on nobody reads stderr.
+    let senders: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || texts_on_one_connection(addr, &format!("oFlood{t}"), 1000))
+        })
+        .collect();
+    let answered: usize = senders.into_iter().map(|s| s.join().unwrap()).sum();
+    assert_eq!(answered, 4000, "every message answered");
+    let health = http(addr, "GET", "/healthz", &[], b"", Duration::from_secs(5));
+    assert_eq!(health.body, "ok");
+    // The log file has every line; stderr's thread alone is stuck.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(dir.join("log").join("wxmp.log")).unwrap_or_default();
+        let logged = log.matches(" text \"flood ").count();
+        if logged == 4000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{logged} of 4000 lines in the file"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And it still stops on SIGTERM, saying so in the file.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit within 10 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    drop(lines);
+}
+
 #[test]
 fn missing_msgtype_is_400() {
     let w = Wxmp::start("");
