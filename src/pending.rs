@@ -75,7 +75,13 @@ impl Pending {
         if inner.orphans.remove(key).is_some() {
             match &reply {
                 Reply::Text(t) if !t.trim().is_empty() => {
-                    keep(&mut inner, openid, t.trim().to_string());
+                    // No more than a reply can show: a program's output may be 1 MiB, and
+                    // 1,024 users' four results each go into every checkpoint.
+                    keep(
+                        &mut inner,
+                        openid,
+                        truncate_text(t.trim(), TEXT_LIMIT).into_owned(),
+                    );
                     log::info!("{openid}: a late result is kept for the next message");
                 }
                 other => log::warn!(
@@ -135,6 +141,8 @@ impl Pending {
         let Some(at) = Instant::now().checked_sub(age).filter(|_| age < KEEP) else {
             return false;
         };
+        // As when kept: no more than a reply can show (an older wxmp kept results whole).
+        let text = truncate_text(&text, TEXT_LIMIT).into_owned();
         keep_at(&mut self.lock(), openid, text, at)
     }
 }
@@ -207,6 +215,24 @@ mod tests {
     use super::*;
     use crate::reply::CUT_MARK;
     use std::sync::Arc;
+
+    #[test]
+    fn a_late_result_is_kept_no_longer_than_a_reply_can_show() {
+        let p = Pending::default();
+        assert_eq!(p.give_up::<()>("k", || None), None);
+        p.finish("k", "oU", Reply::Text("数".repeat(400_000)), |_| {});
+        let late = p.late_results();
+        assert_eq!(late.len(), 1);
+        assert!(
+            late[0].2.len() <= TEXT_LIMIT,
+            "{} bytes kept",
+            late[0].2.len()
+        );
+        assert!(late[0].2.ends_with(CUT_MARK));
+        let restored = Pending::default();
+        assert!(restored.restore_late("oV", Duration::ZERO, "x".repeat(100_000)));
+        assert!(restored.late_results()[0].2.len() <= TEXT_LIMIT);
+    }
 
     #[test]
     fn keeping_and_handing_out_late_results_are_changes_and_nothing_else_is() {
