@@ -315,7 +315,9 @@ impl Server {
         if left > 0 {
             warn!("shutdown: {left} slow request(s) still running after {grace:?}, leaving them");
         }
-        // No command's program outlives the server: its timeout would no longer be enforced.
+        // No running program outlives the server: its timeout would no longer be enforced.
+        // (What a program left running in the background after it exited is its own work,
+        // README "Programs".)
         crate::exec::stop_all(Duration::from_millis(500));
         snapshot(&self.app)
     }
