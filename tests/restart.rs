@@ -277,6 +277,8 @@ fn a_command_killed_by_the_same_stop_signal_as_wxmp_runs_again_after_the_restart
         .unwrap();
     // SAFETY: kill(2) on the program's own process group (it is its leader) and on wxmp.
     unsafe { libc::kill(-pid, libc::SIGTERM) };
+    // The program's end is seen first; wxmp's own SIGTERM follows within its 200 ms window.
+    std::thread::sleep(Duration::from_millis(50));
     stop(w);
     let first = first.join().unwrap();
     assert_eq!(
@@ -285,6 +287,70 @@ fn a_command_killed_by_the_same_stop_signal_as_wxmp_runs_again_after_the_restart
         "{first:?}"
     );
     the_next_process_runs_it_again(&dir, &message);
+}
+
+#[test]
+fn a_program_ended_by_a_signal_of_its_own_is_a_failure_not_a_stop() {
+    // Only the same stop signal as wxmp's counts as the stop: a program killed otherwise (here
+    // by itself) failed, and its answer is kept and handed on like any other.
+    let dir = site(
+        "restart-own-signal",
+        "[[command]]\nname = \"自杀\"\nexec = [\"./die.sh\"]",
+        &[("die.sh", "kill -TERM $$")],
+    );
+    let w = serve(&dir);
+    let r = w.post_signed(&text("oUser", "自杀"));
+    assert_eq!(
+        parse_reply(&r.body).get("Content"),
+        Some("指令执行失败（被信号 15 终止）"),
+        "{r:?}"
+    );
+    stop(w);
+    let saved = std::fs::read_to_string(state_file(&dir)).unwrap();
+    assert!(saved.contains("被信号 15 终止"), "{saved}");
+}
+
+#[test]
+fn a_busy_server_writes_its_checkpoint_once_a_second_not_at_every_look() {
+    let dir = site("restart-checkpoint-rate", "", &[]);
+    let w = serve(&dir);
+    let addr = w.addr;
+    let stop_sending = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop_sending = std::sync::Arc::clone(&stop_sending);
+        std::thread::spawn(move || {
+            while !stop_sending.load(std::sync::atomic::Ordering::SeqCst) {
+                let body = text("oUser", "hi");
+                http(
+                    addr,
+                    "POST",
+                    &signed_query("/", TOKEN),
+                    &[],
+                    body.as_bytes(),
+                    Duration::from_secs(5),
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    // Every write is a new file renamed into place: count the files seen over 3.5 s (by inode
+    // and modification time, as a freed inode number may come back).
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let until = Instant::now() + Duration::from_millis(3_500);
+    while Instant::now() < until {
+        if let Ok(m) = std::fs::metadata(state_file(&dir)) {
+            seen.insert((m.ino(), m.mtime(), m.mtime_nsec()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop_sending.store(true, std::sync::atomic::Ordering::SeqCst);
+    sender.join().unwrap();
+    assert!(
+        (2..=5).contains(&seen.len()),
+        "{} checkpoints in 3.5 s of steady messages",
+        seen.len()
+    );
 }
 
 /// Waits (up to 5 s) for a checkpoint of the running server that `holds` something; its text.
