@@ -19,6 +19,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(4);
 /// The longest `timeout` allowed, in seconds: WeChat's three tries span about 15 s.
 pub const MAX_TIMEOUT_SECS: f64 = 14.0;
 
+/// The shortest `timeout` allowed, in seconds: less would kill a program as it starts.
+pub const MIN_TIMEOUT_SECS: f64 = 0.1;
+
 /// The keys a `[[command]]` table may have.
 pub const KEYS: [&str; 17] = [
     "name", "aliases", "prefix", "regex", "event", "key", "reply", "file", "exec", "image",
@@ -167,11 +170,18 @@ impl Command {
                 c.groups[0] = said.to_string();
             }
             Matcher::Prefix(p) => {
-                let head = said.get(..p.len())?;
-                if !head.eq_ignore_ascii_case(p) {
+                // A prefix ending in a space wants a space there, which may be any: Chinese
+                // input methods type the full-width one (U+3000).
+                let core = p.trim_end();
+                let head = said.get(..core.len())?;
+                if !head.eq_ignore_ascii_case(core) {
                     return None;
                 }
-                let rest = said.get(p.len()..)?.trim();
+                let rest = said.get(core.len()..)?;
+                if core.len() < p.len() && !rest.starts_with(char::is_whitespace) {
+                    return None;
+                }
+                let rest = rest.trim();
                 c.groups[0] = said.to_string();
                 for (slot, word) in c.groups[1..].iter_mut().zip(rest.split_whitespace()) {
                     *slot = word.to_string();
@@ -553,7 +563,20 @@ fn parse_matcher(rule: &str, c: &mut Check) -> Option<Matcher> {
             }
             Some(Matcher::Name(names))
         }
-        "prefix" => Some(Matcher::Prefix(c.text("prefix")?)),
+        "prefix" => {
+            let prefix = c.text("prefix")?;
+            if prefix.starts_with(char::is_whitespace) {
+                c.err(
+                    "prefix",
+                    format!(
+                        "{prefix:?} starts with a space, and messages are matched trimmed: it \
+                         could never match"
+                    ),
+                );
+                return None;
+            }
+            Some(Matcher::Prefix(prefix))
+        }
         "regex" => {
             let source = c.text("regex")?;
             match Regex::new(&source) {
@@ -609,12 +632,12 @@ fn parse_timeout(c: &mut Check, is_exec: bool) -> Duration {
     if !is_exec {
         c.err("timeout", "only applies to `exec` commands");
     }
-    if !(secs > 0.0 && secs <= MAX_TIMEOUT_SECS) {
+    if !(MIN_TIMEOUT_SECS..=MAX_TIMEOUT_SECS).contains(&secs) {
         c.err(
             "timeout",
             format!(
-                "{secs} is out of range: more than 0 and at most {MAX_TIMEOUT_SECS} seconds \
-                 (WeChat's three tries span about 15 s)"
+                "{secs} is out of range: at least {MIN_TIMEOUT_SECS} and at most \
+                 {MAX_TIMEOUT_SECS} seconds (WeChat's three tries span about 15 s)"
             ),
         );
         return DEFAULT_TIMEOUT;
@@ -627,6 +650,17 @@ fn parse_action(key: &str, c: &mut Check, base_dir: &Path) -> Option<Action> {
         "reply" => Some(Action::Reply(c.text("reply")?)),
         "file" => {
             let file = c.text("file")?;
+            if has_placeholder(&file) {
+                c.err(
+                    "file",
+                    format!(
+                        "{file:?} holds a placeholder, and a file path is never filled in (a \
+                         message must not choose which file is read): name one file, or use \
+                         exec with a script that picks it"
+                    ),
+                );
+                return None;
+            }
             let path = base_dir.join(file.trim()).components().collect::<PathBuf>();
             if path.is_dir() {
                 c.err(
@@ -1165,19 +1199,68 @@ mod tests {
     }
 
     #[test]
-    fn timeouts_are_more_than_0_and_at_most_14_seconds() {
+    fn a_file_path_takes_no_placeholder_and_a_prefix_no_leading_space() {
+        let errors = parse("[[command]]\nprefix = \"取\"\nfile = \"data/{args}.txt\"").unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("key `file`: \"data/{args}.txt\" holds a placeholder, and a file path is never filled in"),
+            "{errors:?}"
+        );
+        let errors = parse("[[command]]\nprefix = \" 查\"\nreply = \"x\"").unwrap_err();
+        assert!(
+            errors[0].contains("key `prefix`: \" 查\" starts with a space"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn a_prefix_ending_in_a_space_takes_any_space_there() {
+        let cmds = parse("[[command]]\nprefix = \"查 \"\nreply = \"{args}\"").unwrap();
+        let args = |said: &str| cmds[0].match_text(said).map(|c| c.args);
+        assert_eq!(args("查 苹果").as_deref(), Some("苹果"));
+        assert_eq!(
+            args("查\u{3000}苹果").as_deref(),
+            Some("苹果"),
+            "full-width space"
+        );
+        assert_eq!(args("查\t苹果 红").as_deref(), Some("苹果 红"));
+        assert_eq!(args("查苹果"), None, "the space is wanted");
+        assert_eq!(args("查"), None);
+        // Without a space in the prefix, none is wanted.
+        let bare = parse("[[command]]\nprefix = \"查\"\nreply = \"{args}\"").unwrap();
+        assert_eq!(
+            bare[0].match_text("查苹果").map(|c| c.args).as_deref(),
+            Some("苹果")
+        );
+        assert_eq!(
+            bare[0]
+                .match_text("查\u{3000}苹果")
+                .map(|c| c.args)
+                .as_deref(),
+            Some("苹果")
+        );
+    }
+
+    #[test]
+    fn timeouts_are_at_least_a_tenth_and_at_most_14_seconds() {
         let exec = |t: &str| parse(&format!("[[command]]\nname = \"a\"\nexec = [\"sh\"]\n{t}"));
         assert_eq!(exec("").unwrap()[0].timeout, Duration::from_secs(4));
-        for (t, secs) in [("0.5", 0.5), ("2", 2.0), ("14", 14.0), ("14.0", 14.0)] {
+        for (t, secs) in [
+            ("0.1", 0.1),
+            ("0.5", 0.5),
+            ("2", 2.0),
+            ("14", 14.0),
+            ("14.0", 14.0),
+        ] {
             let cmds = exec(&format!("timeout = {t}")).unwrap();
             assert_eq!(cmds[0].timeout, Duration::from_secs_f64(secs), "{t}");
         }
-        for t in ["0", "0.0", "-1", "14.5", "15"] {
+        for t in ["0", "0.0", "-1", "1e-300", "0.09", "14.5", "15", "nan"] {
             let errors = exec(&format!("timeout = {t}")).unwrap_err();
             assert_eq!(errors.len(), 1, "{t}: {errors:?}");
             assert!(
                 errors[0].contains("key `timeout`: ")
-                    && errors[0].contains(" is out of range: more than 0 and at most 14 seconds"),
+                    && errors[0].contains(" is out of range: at least 0.1 and at most 14 seconds"),
                 "{t}: {errors:?}"
             );
         }
