@@ -337,9 +337,45 @@ fn reload(server: &Server, path: &std::path::Path, started: &Config) {
     }
 }
 
+/// Whether `wxmp serve` could create and write its log folder `dir`, as far as this user can
+/// tell: `Some(why)` when the folder (or the nearest existing folder above it) is not one, or
+/// is not writable (a read-only file system, another owner).
+fn log_dir_problem(dir: &std::path::Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let absolute = std::env::current_dir().map(|cwd| cwd.join(dir)).ok()?;
+    let existing = absolute.ancestors().find(|a| a.exists())?;
+    if !existing.is_dir() {
+        return Some(format!("{} is not a folder", existing.display()));
+    }
+    let file = existing.join("wxmp.log");
+    let target = if existing == absolute && file.exists() {
+        file
+    } else {
+        existing.to_path_buf()
+    };
+    let c_path = std::ffi::CString::new(target.as_os_str().as_bytes()).ok()?;
+    // SAFETY: access(2) reads a NUL-terminated path we own.
+    if unsafe { libc::access(c_path.as_ptr(), libc::W_OK) } == 0 {
+        return None;
+    }
+    let e = std::io::Error::last_os_error();
+    Some(format!("{} cannot be written: {e}", target.display()))
+}
+
 fn check(path: &std::path::Path) -> ExitCode {
     match load(path) {
         Ok((config, router)) => {
+            if let Some(why) = log_dir_problem(&config.log.dir) {
+                print_errors(
+                    path,
+                    &[format!(
+                        "[log] dir {}: {why}; wxmp serve would not start (set [log] dir or \
+                         WXMP_LOG_DIR, or give wxmp's user that folder)",
+                        config.log.dir.display()
+                    )],
+                );
+                return ExitCode::FAILURE;
+            }
             println!("{}: OK", path.display());
             println!(
                 "  listen {}  path {}  workers {}",
@@ -367,21 +403,32 @@ impl Drop for FlushLogOnExit {
     }
 }
 
+/// For the commands that print for a person (`check`, `send`, help): end quietly when the
+/// reader goes away (`wxmp check | head -3`), as other Unix tools do, instead of panicking in
+/// `println!`. Never for `serve`, whose stderr may be a pipe that closes.
+fn quiet_on_broken_pipe() {
+    // SAFETY: signal(2) with SIG_DFL; called before any thread is started.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 fn main() -> ExitCode {
     // Before any thread or allocation of note: it is process-wide.
     wxmp::server::tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().is_some_and(|a| a == "send") {
+        quiet_on_broken_pipe();
         return ExitCode::from(wxmp::send::run(&args[1..]));
     }
     if args
         .iter()
         .any(|a| a == "--help" || a == "-h" || a == "help")
     {
+        quiet_on_broken_pipe();
         print!("{USAGE}");
         return ExitCode::SUCCESS;
     }
     if args.iter().any(|a| a == "--version" || a == "-V") {
+        quiet_on_broken_pipe();
         println!("wxmp {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
@@ -394,7 +441,10 @@ fn main() -> ExitCode {
     };
     let path = config::resolve_path(cli.config.as_deref(), env);
     match cli.command.as_str() {
-        "check" => check(&path),
+        "check" => {
+            quiet_on_broken_pipe();
+            check(&path)
+        }
         _ => {
             // On every way out of `serve`, an early error or a panic included: the log writer
             // thread may still hold the last lines.

@@ -1002,6 +1002,42 @@ fn check_names_the_command_and_key_of_each_kind_of_error() {
 }
 
 #[test]
+fn check_says_when_the_log_folder_could_not_be_made_and_ends_quietly_when_piped_to_head() {
+    let site = bad_site();
+    // A file where the log folder would go: `wxmp serve` would stop at once.
+    let out = site.check("[log]\ndir = \"wxmp.toml/log\"");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[log] dir wxmp.toml/log: ") && err.contains("wxmp.toml is not a folder"),
+        "{err}"
+    );
+    // `wxmp check | head -1` with a long listing: no panic, no backtrace.
+    let many: String = (0..3000)
+        .map(|i| format!("[[command]]\nname = \"c{i}\"\nreply = \"x\"\n"))
+        .collect();
+    site.config(&many);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
+        .args(["check", "--config", "wxmp.toml"])
+        .current_dir(&site.dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.ends_with(": OK\n"), "{first}");
+    // The reader is gone (dropped above); the rest of the listing meets a closed pipe.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
 fn check_lists_every_error_at_once_and_serve_refuses_the_file() {
     let site = bad_site();
     let all: String = BAD
