@@ -35,7 +35,9 @@ OPTIONS:
     --from OPENID    the sender (default o_wxmp_send_user)
     --to GH_ID       the account's original id (default gh_wxmp_send)
     --key KEY        the EventKey of --event (a menu key for CLICK)
-    --timeout SECS   how long to wait for the answer (default 5, like WeChat; also 500ms)
+    --timeout SECS   how long to wait for the answer (default 5, like WeChat; also 500ms);
+                     a message with no answer by then is sent again, as WeChat does, up to
+                     3 tries in all (a slow command answers a later try)
     --raw            print the reply XML instead of what the user would see
     --               everything after it is TEXT, even if it starts with '-'
 
@@ -52,6 +54,12 @@ pub const DEFAULT_TO: &str = "gh_wxmp_send";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest answer read; WeChat's replies are a few KiB.
 pub const MAX_RESPONSE: usize = 1024 * 1024;
+
+/// How [`exchange`]'s error for a missing answer begins (a try WeChat would repeat).
+const TIMED_OUT: &str = "no complete answer from";
+
+/// WeChat's tries of a message that gets no answer in time, the first included.
+pub const TRIES: u32 = 3;
 
 /// What WeChat tells the user when it cannot use an answer.
 const WECHAT_ERROR: &str = "该公众号暂时无法提供服务，请稍后再试";
@@ -717,9 +725,9 @@ pub fn exchange(url: &Url, req: &Request, timeout: Duration) -> Result<Response,
     let shown = url.display();
     let timed_out = || {
         format!(
-            "no complete answer from {shown} within {}: WeChat waits 5 s, retries, and finally \
-             shows the user “{WECHAT_ERROR}”. Make the command answer faster, or pass \
-             --timeout to wait longer while testing",
+            "{TIMED_OUT} {shown} within {}: WeChat waits 5 s, retries, and finally shows the \
+             user “{WECHAT_ERROR}”. Make the command answer faster, or pass --timeout to wait \
+             longer while testing",
             human(timeout)
         )
     };
@@ -1268,7 +1276,23 @@ fn send(args: &SendArgs) -> Result<Vec<String>, String> {
     let (shown, resp) = match parse_url(&target.url_text) {
         Ok(url) => {
             let req = build_request(&url, args, &target.token, target.crypt.as_ref(), &stamp)?;
-            let resp = exchange(&url, &req, args.timeout)?;
+            // A message that gets no answer in time is sent again, the same bytes, as WeChat
+            // does (a slow command answers one of its tries); a verification is not.
+            let tries = if args.what == What::Verify { 1 } else { TRIES };
+            let mut attempt = 1;
+            let resp = loop {
+                match exchange(&url, &req, args.timeout) {
+                    Err(e) if e.starts_with(TIMED_OUT) && attempt < tries => {
+                        attempt += 1;
+                        eprintln!(
+                            "wxmp send: no answer within {}; WeChat sends the message again \
+                             (try {attempt} of {tries})",
+                            human(args.timeout)
+                        );
+                    }
+                    other => break other?,
+                }
+            };
             (url.display(), resp)
         }
         Err(UrlError::Bad(e)) => return Err(e),

@@ -450,16 +450,59 @@ fn a_server_error_page_fails() {
 
 #[test]
 fn a_reply_slower_than_the_timeout_fails_in_time() {
-    let (r, _) = send_to_fake("success", Duration::from_secs(4), &["--timeout", "1", "hi"]);
+    // Three tries of 1 s each, as WeChat makes three (the fake answers none of them in time).
+    let (r, _) = send_to_fake("success", Duration::from_secs(6), &["--timeout", "1", "hi"]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("within 1 s"), "{r:?}");
     assert!(
-        r.took < Duration::from_millis(3500),
+        r.stderr.contains("(try 2 of 3)") && r.stderr.contains("(try 3 of 3)"),
+        "{r:?}"
+    );
+    assert!(
+        r.took < Duration::from_millis(5500),
         "gave up in time: {r:?}"
     );
     assert!(
-        r.took >= Duration::from_millis(900),
-        "waited the timeout: {r:?}"
+        r.took >= Duration::from_millis(2900),
+        "waited the timeout three times: {r:?}"
+    );
+}
+
+#[test]
+fn a_slow_command_answers_a_later_try_as_with_wechat() {
+    let dir = temp_dir("send-slow");
+    std::fs::write(
+        dir.join("wxmp.toml"),
+        format!(
+            "token = \"{TOKEN}\"\nlisten = \"127.0.0.1:0\"\n[[command]]\nname = \"慢\"\n\
+             exec = [\"./slow.sh\"]\ntimeout = 5\n"
+        ),
+    )
+    .unwrap();
+    let script = dir.join("slow.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho run >> runs.txt\nsleep 1.5\necho slow-done\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let w = Wxmp::start_in(&dir, &["serve", "--config", "wxmp.toml"], &[]);
+    let r = send(&[
+        "--url",
+        &url_of(&w),
+        "--token",
+        TOKEN,
+        "--timeout",
+        "1",
+        "慢",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("slow-done"), "{r:?}");
+    assert!(r.stderr.contains("(try 2 of 3)"), "{r:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("runs.txt")).unwrap(),
+        "run\n",
+        "ran once"
     );
 }
 
