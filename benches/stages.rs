@@ -376,11 +376,11 @@ fn measure_checkpoint(secs: f64, answer: &str) -> Result<Cost, String> {
                 .answered()
                 .into_iter()
                 .map(|(key, age, tries, body)| SavedAnswer {
-                    key: key.to_string(),
+                    key,
                     age_ms: age.as_millis() as u64,
                     tries,
                     kind: "text".into(),
-                    body: body.to_string(),
+                    body,
                 })
                 .collect(),
             urls: ledger

@@ -336,11 +336,11 @@ fn snapshot(app: &App) -> Saved {
         .into_iter()
         .filter(|(_, _, _, answer)| answer.hand_on)
         .map(|(key, age, tries, answer)| SavedAnswer {
-            key: key.to_string(),
+            key,
             age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
             tries,
             kind: answer.kind.to_string(),
-            body: answer.body.to_string(),
+            body: answer.body,
         })
         .collect();
     saved.urls = app
@@ -374,7 +374,7 @@ fn restore(app: &App, saved: &Saved) {
             continue;
         };
         let answer = Answer {
-            body: Arc::from(a.body.as_str()),
+            body: Arc::clone(&a.body),
             kind,
             hand_on: true,
         };

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The file's name in the log folder.
@@ -60,16 +61,17 @@ pub struct Saved {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SavedAnswer {
-    /// [`crate::message::Message::dedup_key`].
-    pub key: String,
+    /// [`crate::message::Message::dedup_key`]. Shared with the retry table, not copied: a
+    /// checkpoint of a full table must not double its memory.
+    pub key: Arc<str>,
     /// How long before `saved_at_ms` its first try came, in milliseconds.
     pub age_ms: u64,
     /// Tries seen so far, the first included.
     pub tries: u32,
     /// The reply type, for the log (`text`, `news`, …, `success`).
     pub kind: String,
-    /// The exact bytes answered.
-    pub body: String,
+    /// The exact bytes answered (shared with the retry table).
+    pub body: Arc<str>,
 }
 
 /// A slow command's result waiting for the user's next message.
@@ -147,10 +149,45 @@ impl Saved {
     }
 }
 
+/// The top of the file: every key that is not a table.
+#[derive(Serialize)]
+struct Header<'a> {
+    version: u32,
+    saved_at_ms: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    checkpoint: bool,
+    urls: &'a [String],
+}
+
+/// Writes `saved` as TOML to `out` an entry at a time, so that a full retry table is never
+/// encoded into one string beside itself (a checkpoint a second must not raise the server's
+/// peak memory): the top-level keys, then each `[[answers]]` and `[[late]]` table. It reads
+/// back as [`Saved`].
+fn encode(saved: &Saved, out: &mut impl Write) -> Result<(), String> {
+    let bad = |e: toml::ser::Error| format!("cannot encode the state: {e}");
+    let header = Header {
+        version: saved.version,
+        saved_at_ms: saved.saved_at_ms,
+        checkpoint: saved.checkpoint,
+        urls: &saved.urls,
+    };
+    let io = |e: io::Error| e.to_string();
+    out.write_all(toml::to_string(&header).map_err(bad)?.as_bytes())
+        .map_err(io)?;
+    for answer in &saved.answers {
+        let table = toml::to_string(answer).map_err(bad)?;
+        write!(out, "\n[[answers]]\n{table}").map_err(io)?;
+    }
+    for late in &saved.late {
+        let table = toml::to_string(late).map_err(bad)?;
+        write!(out, "\n[[late]]\n{table}").map_err(io)?;
+    }
+    Ok(())
+}
+
 /// Writes `saved` to `path`, replacing any file there: written to a temporary file beside it
 /// with mode 0600 and renamed over it, so the next start reads all of it or nothing.
 pub fn save(path: &Path, saved: &Saved) -> Result<(), String> {
-    let text = toml::to_string(saved).map_err(|e| format!("cannot encode the state: {e}"))?;
     let tmp = path.with_extension("state.tmp");
     let write = || -> io::Result<()> {
         let mut options = fs::OpenOptions::new();
@@ -160,9 +197,9 @@ pub fn save(path: &Path, saved: &Saved) -> Result<(), String> {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
-        let mut file = options.open(&tmp)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
+        let mut file = io::BufWriter::new(options.open(&tmp)?);
+        encode(saved, &mut file).map_err(io::Error::other)?;
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         fs::rename(&tmp, path)
     };
     write().map_err(|e| {

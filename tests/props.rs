@@ -317,12 +317,12 @@ fn any_saved() -> impl Strategy<Value = Saved> {
         nasty_text(),
     )
         .prop_map(|(key, age_ms, tries, kind, body)| SavedAnswer {
-            key,
+            key: key.into(),
             // TOML's integers stop at 2^63 - 1; wxmp's ages are milliseconds of the last day.
             age_ms: age_ms >> 1,
             tries,
             kind,
-            body,
+            body: body.into(),
         });
     let late =
         (nasty_text(), any::<u64>(), nasty_text()).prop_map(|(openid, age_ms, text)| SavedLate {
