@@ -337,14 +337,21 @@ pub fn check_markup(xml: &str) -> Result<(), ParseError> {
                     }
                 }
                 (None, _) if c.is_ascii_whitespace() => {
-                    // An attribute named `xmlns` or `xmlns:…` (`Eq` may have spaces around it).
-                    let name = b.get(j + 1..).and_then(|n| n.strip_prefix(b"xmlns"));
-                    if let Some(after) = name {
-                        if after.first() == Some(&b':')
-                            || after.trim_ascii_start().first() == Some(&b'=')
-                        {
-                            return Err(ParseError::Namespace);
-                        }
+                    // The name that may start here: a declaration when its prefix or its local
+                    // part is `xmlns` (`xmlns`, `xmlns:p`, and `p:xmlns`, which roxmltree also
+                    // takes for one).
+                    let rest = b.get(j + 1..).unwrap_or_default();
+                    let end = rest
+                        .iter()
+                        .position(|&c| {
+                            c == b'=' || c == b'/' || c == b'>' || c.is_ascii_whitespace()
+                        })
+                        .unwrap_or(rest.len());
+                    if rest[..end]
+                        .split(|&c| c == b':')
+                        .any(|part| part == b"xmlns")
+                    {
+                        return Err(ParseError::Namespace);
                     }
                 }
                 (None, _) => {}
@@ -743,6 +750,10 @@ mod tests {
             "<xml\n\txmlns:a='u'>",
             "<xml xmlns = \"u\">",
             "<xml><a b=\"1\" xmlns:m=\"v\"/>",
+            // roxmltree takes any attribute whose local name is `xmlns` for a default namespace.
+            "<xml p:xmlns=\"urn:a\">",
+            "<xml xml:xmlns=\"u\">",
+            "<xml a:b:xmlns=\"u\">",
         ] {
             refused(declaration, ParseError::Namespace);
         }
@@ -751,7 +762,7 @@ mod tests {
         ok("<xml><Content>a xmlns=b > c</Content><!-- <x xmlns=\"y\"> --></xml>");
         ok("<?xml version=\"1.0\" encoding=\"UTF-8\"?><xml/>");
         ok("<xml><a b=\" xmlns:c=d > \" e='xmlns=f'/></xml>");
-        ok("<xml><xmlnsField>1</xmlnsField><a xmlnsb=\"1\"/></xml>");
+        ok("<xml><xmlnsField>1</xmlnsField><a xmlnsb=\"1\" pxmlns=\"2\" p:xmlnsx=\"3\"/></xml>");
         // Attributes: 16 in all, however spread.
         let attrs = |n: usize| {
             let mut xml = String::from("<xml>");
