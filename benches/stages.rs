@@ -386,7 +386,7 @@ fn measure_checkpoint(secs: f64, answer: &str) -> Result<Cost, String> {
             urls: ledger
                 .entries()
                 .into_iter()
-                .map(|(u, m)| Saved::url_entry(u, m))
+                .map(|(u, m, age)| Saved::url_entry(u, m, age.as_millis() as u64))
                 .collect(),
             ..Saved::now()
         };

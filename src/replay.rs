@@ -55,8 +55,10 @@ pub struct Ledger {
 }
 
 struct Inner {
-    /// URL fingerprint → message fingerprint, and when the URL was first seen.
-    carried: HashMap<u64, (u64, Instant)>,
+    /// URL fingerprint → message fingerprint, and until when the same message again is a
+    /// retry ([`RETRIES_WITHIN`] after the URL's first use; `None`: no longer, as for a URL
+    /// restored from longer ago than that).
+    carried: HashMap<u64, (u64, Option<Instant>)>,
     /// URL fingerprints in the order they were first seen, for forgetting the oldest.
     order: VecDeque<u64>,
     /// URLs recorded so far, restored ones included (see [`Ledger::changes`]).
@@ -123,7 +125,7 @@ impl Ledger {
         self.note(
             url_fingerprint(signature),
             message_fingerprint(message_key),
-            now,
+            now.checked_add(RETRIES_WITHIN),
             now,
         )
     }
@@ -133,29 +135,47 @@ impl Ledger {
     /// `echostr`.
     pub fn record_verification(&self, signature: &str) -> Seen {
         let now = Instant::now();
-        self.note(url_fingerprint(signature), VERIFICATION, now, now)
+        self.note(
+            url_fingerprint(signature),
+            VERIFICATION,
+            now.checked_add(RETRIES_WITHIN),
+            now,
+        )
     }
 
-    /// The remembered URLs as (URL, message) fingerprints, oldest first: what a clean stop saves.
-    pub fn entries(&self) -> Vec<(u64, u64)> {
+    /// The remembered URLs as (URL, message) fingerprints with the time since each was first
+    /// used (past [`RETRIES_WITHIN`], only that it is past it), oldest first: what a stop or a
+    /// checkpoint saves.
+    pub fn entries(&self) -> Vec<(u64, u64, Duration)> {
+        let now = Instant::now();
+        let past = RETRIES_WITHIN + Duration::from_secs(1);
         let inner = self.lock();
         inner
             .order
             .iter()
-            .filter_map(|url| inner.carried.get(url).map(|(message, _)| (*url, *message)))
+            .filter_map(|url| {
+                let (message, until) = inner.carried.get(url)?;
+                let age = match until {
+                    Some(until) if *until >= now => {
+                        RETRIES_WITHIN.saturating_sub(until.duration_since(now))
+                    }
+                    _ => past,
+                };
+                Some((*url, *message, age))
+            })
             .collect()
     }
 
-    /// Remembers `entries` (from [`Ledger::entries`] of an earlier process, saved `age` ago),
-    /// oldest first, as if their URLs had been recorded in that order when it was saved; a URL
-    /// already known keeps what it carried.
-    pub fn restore(&self, entries: &[(u64, u64)], age: Duration) {
+    /// Remembers `entries` (from [`Ledger::entries`] of an earlier process, each with the time
+    /// since its URL's first use as of now), oldest first, as if their URLs had been recorded in
+    /// that order; a URL already known keeps what it carried.
+    pub fn restore(&self, entries: &[(u64, u64, Duration)]) {
         let now = Instant::now();
-        // Before this machine's boot (an Instant cannot say): as if just saved, which only lets
-        // a retry through that the retry table then answers.
-        let saved_at = now.checked_sub(age).unwrap_or(now);
-        for &(url, message) in entries {
-            self.note(url, message, saved_at, now);
+        for &(url, message, age) in entries {
+            let until = RETRIES_WITHIN
+                .checked_sub(age)
+                .and_then(|left| now.checked_add(left));
+            self.note(url, message, until, now);
         }
     }
 
@@ -175,14 +195,14 @@ impl Ledger {
         self.len() == 0
     }
 
-    /// Records `url` carrying `message`, first seen at `seen_at` if it is new; `now` dates a
+    /// Records `url` carrying `message`, a retry until `until` if it is new; `now` dates a
     /// repeat.
-    fn note(&self, url: u64, message: u64, seen_at: Instant, now: Instant) -> Seen {
+    fn note(&self, url: u64, message: u64, until: Option<Instant>, now: Instant) -> Seen {
         let mut inner = self.lock();
-        if let Some(&(before, first)) = inner.carried.get(&url) {
+        if let Some(&(before, retry_until)) = inner.carried.get(&url) {
             return if before != message {
                 Seen::Other
-            } else if now.saturating_duration_since(first) <= RETRIES_WITHIN {
+            } else if retry_until.is_some_and(|until| now <= until) {
                 Seen::Same
             } else {
                 Seen::Spent
@@ -193,7 +213,7 @@ impl Ledger {
                 inner.carried.remove(&oldest);
             }
         }
-        inner.carried.insert(url, (message, seen_at));
+        inner.carried.insert(url, (message, until));
         inner.order.push_back(url);
         inner.recorded += 1;
         Seen::First
@@ -214,7 +234,7 @@ mod tests {
     impl Ledger {
         fn record_raw(&self, url: u64, message: u64) -> Seen {
             let now = Instant::now();
-            self.note(url, message, now, now)
+            self.note(url, message, now.checked_add(RETRIES_WITHIN), now)
         }
     }
 
@@ -232,29 +252,41 @@ mod tests {
             message_fingerprint("k"),
         );
         let at = |secs: u64| t0 + Duration::from_secs(secs);
-        assert_eq!(ledger.note(u, m, t0, t0), Seen::First);
-        assert_eq!(ledger.note(u, m, at(29), at(29)), Seen::Same);
-        assert_eq!(ledger.note(u, m, at(30), at(30)), Seen::Same);
-        assert_eq!(ledger.note(u, m, at(31), at(31)), Seen::Spent);
-        // Still spent later, and the first sighting is not moved by the repeats.
-        assert_eq!(ledger.note(u, m, at(200), at(200)), Seen::Spent);
-        assert_eq!(ledger.note(u, 7, at(31), at(31)), Seen::Other);
-        assert_eq!(ledger.note(u, 7, at(1), at(1)), Seen::Other);
+        let until = t0.checked_add(RETRIES_WITHIN);
+        assert_eq!(ledger.note(u, m, until, t0), Seen::First);
+        assert_eq!(
+            ledger.note(u, m, at(29).checked_add(RETRIES_WITHIN), at(29)),
+            Seen::Same
+        );
+        assert_eq!(ledger.note(u, m, None, at(30)), Seen::Same);
+        assert_eq!(ledger.note(u, m, None, at(31)), Seen::Spent);
+        // Still spent later: the repeats do not move the first use.
+        assert_eq!(ledger.note(u, m, None, at(200)), Seen::Spent);
+        assert_eq!(ledger.note(u, 7, None, at(31)), Seen::Other);
+        assert_eq!(ledger.note(u, 7, None, at(1)), Seen::Other);
     }
 
     #[test]
-    fn restored_urls_are_dated_by_the_save() {
+    fn restored_urls_keep_the_time_since_their_first_use() {
         let ledger = Ledger::default();
-        let (u, m) = (1, 2);
-        ledger.restore(&[(u, m)], Duration::from_secs(25));
+        ledger.restore(&[
+            (1, 2, Duration::from_secs(25)),
+            (3, 4, Duration::from_secs(40)),
+        ]);
         let now = Instant::now();
-        assert_eq!(ledger.note(u, m, now, now), Seen::Same);
+        assert_eq!(ledger.note(1, 2, None, now), Seen::Same);
         let later = now + Duration::from_secs(6);
-        assert_eq!(ledger.note(u, m, later, later), Seen::Spent);
-        // Saved longer ago than the retries last: spent at once.
-        let old = Ledger::default();
-        old.restore(&[(u, m)], Duration::from_secs(40));
-        assert_eq!(old.record_raw(u, m), Seen::Spent);
+        assert_eq!(ledger.note(1, 2, None, later), Seen::Spent);
+        // First used longer ago than the retries last: spent at once.
+        assert_eq!(ledger.record_raw(3, 4), Seen::Spent);
+        // And saved again as such.
+        let entries = ledger.entries();
+        assert_eq!((entries[0].0, entries[1].0), (1, 3));
+        assert!(
+            (Duration::from_secs(24)..=Duration::from_secs(26)).contains(&entries[0].2),
+            "{entries:?}"
+        );
+        assert!(entries[1].2 > RETRIES_WITHIN, "{entries:?}");
     }
 
     #[test]
@@ -273,7 +305,7 @@ mod tests {
         ledger.record_verification(&url("1700000000", "2"));
         ledger.record(&url("1700000000", "3"), "id|oUser|3");
         assert_eq!(ledger.changes(), 3, "counted past the capacity");
-        ledger.restore(&[(7, 8), (7, 9)], Duration::ZERO);
+        ledger.restore(&[(7, 8, Duration::ZERO), (7, 9, Duration::ZERO)]);
         assert_eq!(ledger.changes(), 4);
     }
 
@@ -396,8 +428,11 @@ mod tests {
         assert_eq!(saved[0].0, url_fingerprint(&u[0]), "oldest first");
 
         let after = Ledger::new(4);
-        after.restore(&saved, Duration::ZERO);
-        assert_eq!(after.entries(), saved);
+        after.restore(&saved);
+        let fingerprints = |e: Vec<(u64, u64, Duration)>| -> Vec<(u64, u64)> {
+            e.into_iter().map(|(u, m, _)| (u, m)).collect()
+        };
+        assert_eq!(fingerprints(after.entries()), fingerprints(saved.clone()));
         assert_eq!(after.record(&u[0], "m0"), Seen::Same);
         assert_eq!(after.record(&u[0], "forged"), Seen::Other);
         assert_eq!(after.record(&u[1], "m1"), Seen::Other);

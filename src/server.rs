@@ -347,7 +347,13 @@ fn snapshot(app: &App) -> Saved {
         .urls
         .entries()
         .into_iter()
-        .map(|(url, message)| Saved::url_entry(url, message))
+        .map(|(url, message, age)| {
+            Saved::url_entry(
+                url,
+                message,
+                u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+            )
+        })
         .collect();
     saved.late = app
         .pending
@@ -392,7 +398,11 @@ fn restore(app: &App, saved: &Saved) {
     // A signed URL is good for MAX_CLOCK_SKEW either side of its timestamp: past twice that
     // since the save, every saved one is refused as stale anyway.
     let urls_restored = if saved.age_at(0, now) <= URLS_OUTLIVE {
-        app.urls.restore(&urls, saved.age_at(0, now));
+        let dated: Vec<(u64, u64, Duration)> = urls
+            .iter()
+            .map(|&(url, message, age_ms)| (url, message, saved.age_at(age_ms, now)))
+            .collect();
+        app.urls.restore(&dated);
         urls.len()
     } else {
         stale += urls.len();

@@ -48,8 +48,10 @@ pub struct Saved {
     /// Answered messages, oldest first.
     #[serde(default)]
     pub answers: Vec<SavedAnswer>,
-    /// The replay ledger's URLs, oldest first, as `"URL:MESSAGE"` (two 16-hex-digit
-    /// fingerprints; TOML's integers stop at 2^63).
+    /// The replay ledger's URLs, oldest first, as `"URL:MESSAGE:AGE"`: two 16-hex-digit
+    /// fingerprints (TOML's integers stop at 2^63) and the milliseconds since the URL's first
+    /// use when this was saved (a file of the day before ages had `"URL:MESSAGE"`: first used
+    /// at the save, as far as the next start can tell).
     #[serde(default)]
     pub urls: Vec<String>,
     /// Late results waiting for their users, each user's oldest first.
@@ -120,25 +122,35 @@ impl Saved {
     }
 
     /// A ledger entry as written in [`Saved::urls`].
-    pub fn url_entry(url: u64, message: u64) -> String {
-        format!("{url:016x}:{message:016x}")
+    pub fn url_entry(url: u64, message: u64, age_ms: u64) -> String {
+        format!("{url:016x}:{message:016x}:{age_ms}")
     }
 
-    /// The ledger entries of [`Saved::urls`]; malformed ones are skipped and counted.
-    pub fn url_entries(&self) -> (Vec<(u64, u64)>, usize) {
+    /// The ledger entries of [`Saved::urls`] as (URL, message, milliseconds since the URL's
+    /// first use when saved); malformed ones are skipped and counted.
+    pub fn url_entries(&self) -> (Vec<(u64, u64, u64)>, usize) {
+        let hex = |s: &str| {
+            (s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| u64::from_str_radix(s, 16).ok())
+                .flatten()
+        };
         let mut bad = 0;
         let entries = self
             .urls
             .iter()
             .filter_map(|e| {
-                let parsed = e.split_once(':').and_then(|(u, m)| {
-                    let hex = |s: &str| {
-                        (s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()))
-                            .then(|| u64::from_str_radix(s, 16).ok())
-                            .flatten()
+                let mut parts = e.split(':');
+                let parsed = (|| {
+                    let (url, message) = (hex(parts.next()?)?, hex(parts.next()?)?);
+                    let age_ms = match parts.next() {
+                        None => 0,
+                        Some(age) if !age.is_empty() && age.bytes().all(|b| b.is_ascii_digit()) => {
+                            age.parse().ok()?
+                        }
+                        Some(_) => return None,
                     };
-                    Some((hex(u)?, hex(m)?))
-                });
+                    parts.next().is_none().then_some((url, message, age_ms))
+                })();
                 if parsed.is_none() {
                     bad += 1;
                 }
@@ -293,8 +305,8 @@ mod tests {
                     .into(),
             }],
             urls: vec![
-                Saved::url_entry(u64::MAX, 1),
-                Saved::url_entry(0x0123_4567_89ab_cdef, 0),
+                Saved::url_entry(u64::MAX, 1, 12_345),
+                Saved::url_entry(0x0123_4567_89ab_cdef, 0, u64::MAX),
             ],
             late: vec![SavedLate {
                 openid: "oUser".into(),
@@ -323,7 +335,10 @@ mod tests {
         assert_eq!(take(&path).unwrap(), None);
         assert_eq!(
             saved.url_entries(),
-            (vec![(u64::MAX, 1), (0x0123_4567_89ab_cdef, 0)], 0)
+            (
+                vec![(u64::MAX, 1, 12_345), (0x0123_4567_89ab_cdef, 0, u64::MAX)],
+                0
+            )
         );
     }
 
@@ -447,15 +462,22 @@ mod tests {
     fn malformed_ledger_entries_are_skipped_and_counted() {
         let saved = Saved {
             urls: vec![
-                "0000000000000001:0000000000000002".into(),
+                "0000000000000001:0000000000000002:1500".into(),
+                // The day before ages: first used at the save.
+                "0000000000000003:0000000000000004".into(),
                 "1:2".into(),
                 "000000000000000g:0000000000000002".into(),
                 "00000000000000010000000000000002".into(),
                 "+000000000000001:0000000000000002".into(),
+                "0000000000000001:0000000000000002:".into(),
+                "0000000000000001:0000000000000002:-1".into(),
+                "0000000000000001:0000000000000002:+1".into(),
+                "0000000000000001:0000000000000002:1:2".into(),
+                "0000000000000001:0000000000000002:99999999999999999999".into(),
             ],
             ..Saved::now()
         };
-        assert_eq!(saved.url_entries(), (vec![(1, 2)], 4));
+        assert_eq!(saved.url_entries(), (vec![(1, 2, 1500), (3, 4, 0)], 9));
     }
 
     #[test]

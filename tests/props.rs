@@ -334,7 +334,7 @@ fn any_saved() -> impl Strategy<Value = Saved> {
         any::<u64>(),
         any::<bool>(),
         proptest::collection::vec(answer, 0..4),
-        proptest::collection::vec((any::<u64>(), any::<u64>()), 0..4),
+        proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u64>()), 0..4),
         proptest::collection::vec(late, 0..4),
     )
         .prop_map(|(saved_at_ms, checkpoint, answers, urls, late)| Saved {
@@ -344,7 +344,7 @@ fn any_saved() -> impl Strategy<Value = Saved> {
             answers,
             urls: urls
                 .into_iter()
-                .map(|(u, m)| Saved::url_entry(u, m))
+                .map(|(u, m, age)| Saved::url_entry(u, m, age))
                 .collect(),
             late,
         })

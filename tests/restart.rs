@@ -507,6 +507,37 @@ fn a_url_and_message_replayed_after_wechats_retries_are_refused() {
 }
 
 #[test]
+fn a_url_used_over_30_s_before_a_stop_is_spent_after_the_restart() {
+    // The stop came 31 s after the message, and the start right after it: the answer is too old
+    // to keep, and the URL's first use is 31 s old too, not dated by the save.
+    let dir = counting_site("restart-replay-aged");
+    let w = serve(&dir);
+    let (message, url, _) = count_once(&w);
+    stop(w);
+    let path = state_file(&dir);
+    let mut saved = wxmp::state::take(&path).unwrap().expect("saved");
+    for answer in &mut saved.answers {
+        answer.age_ms += 31_000;
+    }
+    let (urls, bad) = saved.url_entries();
+    assert_eq!((urls.len(), bad), (1, 0));
+    saved.urls = urls
+        .into_iter()
+        .map(|(u, m, age)| wxmp::state::Saved::url_entry(u, m, age + 31_000))
+        .collect();
+    wxmp::state::save(&path, &saved).unwrap();
+    let w = serve(&dir);
+    assert!(w.wait_for_log("0 answered message(s) for their retries, 1 signed URL(s)"));
+    let replayed = w.request("POST", &url, &[], message.as_bytes());
+    assert_eq!(replayed.status, 403, "{replayed:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("runs.txt")).unwrap(),
+        "run\n",
+        "the command did not run again"
+    );
+}
+
+#[test]
 fn a_verification_alone_is_handed_on() {
     // WeChat's 提交 verified the server just before a restart: that URL, read from a log, still
     // carries no message afterwards.
