@@ -258,12 +258,15 @@ impl RotatingFile {
                 Ok(())
             }
             Err(e) => {
-                // Part of it may have been written: re-read the real size.
+                // Part of it may have been written: re-read the real size. Nothing written
+                // leaves the file as torn (or whole) as it was.
                 let before = self.size;
                 if let Ok(m) = self.file.metadata() {
                     self.size = m.len();
                 }
-                self.torn = self.size > before && ends_mid_line(&self.file, self.size);
+                if self.size > before {
+                    self.torn = ends_mid_line(&self.file, self.size);
+                }
                 Err(e)
             }
         }
@@ -658,9 +661,12 @@ impl Echo {
     /// unless stderr is already known to be stalled), drops them and counts the lines.
     fn offer(&self, bytes: &[u8], lines: usize) {
         let mut q = lock(&self.queue);
-        if q.stalled {
-            // Nothing more until stderr takes a write: what it gets stays in order.
+        if q.stalled || bytes.len() > ECHO_MAX_BYTES {
+            // Nothing more until stderr takes a write (what it gets stays in order); a batch
+            // that could never fit (a program's 1 MiB stderr line, logged whole) is dropped
+            // alone. Either way the echo thread is woken to say so.
             q.dropped += lines as u64;
+            self.ready.notify_one();
             return;
         }
         if q.bytes.len() + bytes.len() > ECHO_MAX_BYTES {
@@ -680,6 +686,7 @@ impl Echo {
         }
         if q.stalled {
             q.dropped += lines as u64;
+            self.ready.notify_one();
             return;
         }
         q.bytes.extend_from_slice(bytes);
@@ -709,8 +716,8 @@ impl Echo {
                 if dropped > 0 {
                     let _ = writeln!(
                         out,
-                        "wxmp: {dropped} log line(s) were not written to stderr, which was not \
-                         being read; they are in the log file"
+                        "wxmp: {dropped} log line(s) were not written to stderr (it was not \
+                         being read, or a line was over 1 MiB); they are in the log file"
                     );
                 }
                 let _ = out.flush();
@@ -1451,8 +1458,8 @@ mod tests {
         assert_eq!(
             note,
             format!(
-                "{dropped} log line(s) were not written to stderr, which was not being read; \
-                 they are in the log file\n"
+                "{dropped} log line(s) were not written to stderr (it was not being read, or a \
+                 line was over 1 MiB); they are in the log file\n"
             ),
             "the note comes last, after the older lines stderr kept"
         );
@@ -1509,6 +1516,31 @@ mod tests {
             fs::read_to_string(dir.join(FILE_NAME)).unwrap(),
             "[INFO] whole\n[INFO] torn rec\n[INFO] next\n"
         );
+        drop(logger);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// One record larger than stderr's whole queue (a program's 1 MiB stderr line) is dropped
+    /// from stderr alone, said, and the lines after it still go out.
+    #[test]
+    fn a_record_too_big_for_stderr_costs_stderr_that_record_only() {
+        let dir = temp_dir("huge-record");
+        let echo = RecordBuf::default();
+        let logger = shared_logger(&dir, Box::new(echo.clone()));
+        emit(&logger, log::Level::Info, &"x".repeat(ECHO_MAX_BYTES + 10));
+        logger.flush();
+        for i in 0..3 {
+            emit(&logger, log::Level::Info, &format!("after {i}"));
+            logger.flush();
+        }
+        let echoed = String::from_utf8(lock(&echo.0).clone()).unwrap();
+        assert_eq!(
+            echoed,
+            "wxmp: 1 log line(s) were not written to stderr (it was not being read, or a line \
+             was over 1 MiB); they are in the log file\n[INFO] after 0\n[INFO] after 1\n[INFO] after 2\n"
+        );
+        let file = fs::read_to_string(dir.join(FILE_NAME)).unwrap();
+        assert_eq!(file.lines().count(), 4, "the file has it");
         drop(logger);
         fs::remove_dir_all(&dir).unwrap();
     }
