@@ -66,7 +66,8 @@ pub struct Dedup<T> {
 struct Tally {
     /// Bytes of the answers in the table (see [`Weigh`]).
     bytes: AtomicUsize,
-    /// Answers recorded so far, restored ones included (see [`Dedup::changes`]).
+    /// Answers recorded and tries seen again so far, restored ones included (see
+    /// [`Dedup::changes`]).
     answered: AtomicU64,
 }
 
@@ -186,8 +187,9 @@ impl<T: Clone + Weigh> Dedup<T> {
         self.tally.bytes.load(Ordering::SeqCst)
     }
 
-    /// How many answers have been recorded (restored ones included): it grows with every one,
-    /// so a checkpoint that saw the same count has nothing new to save (`crate::state`).
+    /// How many answers have been recorded and repeated tries seen (restored answers
+    /// included): it grows with every one, so a checkpoint that saw the same count has nothing
+    /// new to save (`crate::state`).
     pub fn changes(&self) -> u64 {
         self.tally.answered.load(Ordering::SeqCst)
     }
@@ -201,6 +203,8 @@ impl<T: Clone + Weigh> Dedup<T> {
             let slot = Arc::clone(slot);
             drop(inner);
             let attempt = slot.tries.fetch_add(1, Ordering::SeqCst).saturating_add(1);
+            // A try more is kept too: after a crash it tells the last try from the others.
+            self.tally.answered.fetch_add(1, Ordering::SeqCst);
             return Claim::Repeat(Repeat { slot, attempt });
         }
         while inner.entries.len() >= self.capacity || self.bytes() > self.budget {
@@ -434,7 +438,7 @@ mod tests {
     }
 
     #[test]
-    fn every_answer_recorded_or_restored_is_a_change_and_nothing_else_is() {
+    fn every_answer_and_repeated_try_is_a_change_and_nothing_else_is() {
         let d: Dedup<String> = Dedup::default();
         let Claim::First(t) = d.claim("k") else {
             panic!("first try must claim")
@@ -445,15 +449,16 @@ mod tests {
         let Claim::Repeat(_) = d.claim("k") else {
             panic!("a retry")
         };
+        assert_eq!(d.changes(), 2, "a try more: its count is saved");
         // A ticket dropped unanswered leaves nothing to save.
         let Claim::First(dropped) = d.claim("j") else {
             panic!("first try must claim")
         };
         drop(dropped);
-        assert_eq!(d.changes(), 1);
+        assert_eq!(d.changes(), 2);
         assert!(d.restore("r", Duration::from_secs(1), 2, "old".into()));
         assert!(!d.restore("r", Duration::from_secs(1), 2, "old".into()));
-        assert_eq!(d.changes(), 2);
+        assert_eq!(d.changes(), 3);
     }
 
     #[test]

@@ -167,16 +167,17 @@ fn serve(path: &std::path::Path) -> ExitCode {
     // KillMode=mixed) was stopped by the stop: its retry runs it again after the restart.
     wxmp::exec::watch_stop_signal(Arc::clone(&stop));
     let started = config.clone();
-    // What the last clean stop handed on (retries' answers, signed URLs, late results).
+    // What the last process handed on (retries' answers, signed URLs, late results), taken
+    // once the address is bound.
     let state_path = wxmp::state::path_in(&config.log.dir);
-    let saved = match wxmp::state::take(&state_path) {
+    let take_state = || match wxmp::state::take(&state_path) {
         Ok(saved) => saved,
         Err(e) => {
             log::warn!("{e}; starting without the last stop's state");
             None
         }
     };
-    let server = match Server::start_with_state(config, Arc::new(router), saved.as_ref()) {
+    let server = match Server::start_with_state(config, Arc::new(router), take_state) {
         Ok(s) => s,
         Err(e) => {
             log::error!("{e}");
@@ -270,9 +271,12 @@ struct Checkpoint {
 
 impl Checkpoint {
     fn new(path: std::path::PathBuf) -> Checkpoint {
+        let now = std::time::Instant::now();
         Checkpoint {
             path,
-            last: std::time::Instant::now(),
+            // Due at the first look: what the start took from the file is the file's again at
+            // once, should this process be killed in its first second.
+            last: now.checked_sub(CHECKPOINT_EVERY).unwrap_or(now),
             stored: 0,
             failing: false,
         }

@@ -37,7 +37,8 @@ OPTIONS:
     --key KEY        the EventKey of --event (a menu key for CLICK)
     --timeout SECS   how long to wait for the answer (default 5, like WeChat; also 500ms);
                      a message with no answer by then is sent again, as WeChat does, up to
-                     3 tries in all (a slow command answers a later try)
+                     3 tries in all, each starting within 30 s of the first (a slow command
+                     answers a later try)
     --raw            print the reply XML instead of what the user would see
     --               everything after it is TEXT, even if it starts with '-'
 
@@ -1282,7 +1283,13 @@ fn send(args: &SendArgs) -> Result<Vec<String>, String> {
             let mut attempt = 1;
             let resp = loop {
                 match exchange(&url, &req, args.timeout) {
-                    Err(e) if e.starts_with(TIMED_OUT) && attempt < tries => {
+                    // Only while the next try starts within the 30 s a server takes a reused
+                    // URL for a retry (`replay::RETRIES_WITHIN`), as WeChat's 5 s tries do.
+                    Err(e)
+                        if e.starts_with(TIMED_OUT)
+                            && attempt < tries
+                            && args.timeout * attempt < crate::replay::RETRIES_WITHIN =>
+                    {
                         attempt += 1;
                         eprintln!(
                             "wxmp send: no answer within {}; WeChat sends the message again \

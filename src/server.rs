@@ -187,16 +187,18 @@ pub struct Server {
 impl Server {
     /// Binds `config.listen` and starts the recv loop on `config.workers` threads.
     pub fn start(config: Config, handler: Arc<dyn Handler>) -> Result<Server, String> {
-        Server::start_with_state(config, handler, None)
+        Server::start_with_state(config, handler, || None)
     }
 
-    /// [`Server::start`], first taking back what an earlier process saved at its stop
-    /// ([`Server::shutdown`], [`crate::state`]): its answers for retries still to come, its
-    /// signed URLs and its late results are known before the first request is read.
+    /// [`Server::start`], taking back what an earlier process saved ([`Server::shutdown`],
+    /// [`Server::checkpoint`], [`crate::state`]): its answers for retries still to come, its
+    /// signed URLs and its late results are known before the first request is read. `saved` is
+    /// called once the address is bound, so that a second `wxmp serve` started by mistake beside
+    /// a running one fails before it takes the running one's checkpoint.
     pub fn start_with_state(
         config: Config,
         handler: Arc<dyn Handler>,
-        saved: Option<&Saved>,
+        saved: impl FnOnce() -> Option<Saved>,
     ) -> Result<Server, String> {
         let listener = listen_nodelay(&config.listen)?;
         let http = tiny_http::Server::from_listener(listener, None)
@@ -218,8 +220,8 @@ impl Server {
             detached: AtomicUsize::new(0),
             abandoned: AtomicUsize::new(0),
         });
-        if let Some(saved) = saved {
-            restore(&app, saved);
+        if let Some(saved) = saved() {
+            restore(&app, &saved);
         }
         let mut workers = Vec::with_capacity(workers_n);
         for i in 0..workers_n {

@@ -12,7 +12,8 @@
 //! flight are answered; and, while it runs, once a second when something was answered,
 //! recorded or kept since the last time (a **checkpoint**), so that a process that is killed
 //! (SIGKILL, a crash, the out-of-memory killer) loses at most its last second. The next start
-//! reads the file and deletes it. The file is TOML, readable by its owner only (mode 0600): it
+//! (once it has bound its address) reads the file and deletes it, and its first checkpoint
+//! writes what it took right back. The file is TOML, readable by its owner only (mode 0600): it
 //! holds answers and late results, which are users' data, but never the token or a key.
 
 use serde::{Deserialize, Serialize};

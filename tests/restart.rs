@@ -443,6 +443,49 @@ fn a_checkpoint_that_cannot_be_written_is_reported_once_and_tried_again() {
 }
 
 #[test]
+fn what_a_start_took_is_kept_again_at_once_and_a_second_server_takes_nothing() {
+    let dir = counting_site("restart-start-window");
+    let w = serve(&dir);
+    let (message, _, first) = count_once(&w);
+    stop(w);
+    let w = serve(&dir);
+    let started = Instant::now();
+    assert!(w.wait_for_log("carried on from the last stop: 1 answered message(s)"));
+    // Killed in its first second, the new process has already kept what it took.
+    wait_for_checkpoint(&dir, "run 1");
+    assert!(
+        started.elapsed() < Duration::from_millis(800),
+        "the first checkpoint came {:?} after the start",
+        started.elapsed()
+    );
+    // A second `wxmp serve` started by mistake on the same address fails to bind, and leaves
+    // the running server's file alone.
+    let second = dir.join("second.toml");
+    std::fs::write(
+        &second,
+        format!(
+            "token = \"{TOKEN}\"\nlisten = \"{}\"\n[[command]]\nname = \"计数\"\nexec = [\"./count.sh\"]\n",
+            w.addr
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
+        .args(["serve", "--config", "second.toml"])
+        .current_dir(&dir)
+        .env_remove("WXMP_LISTEN")
+        .env_remove("WXMP_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let kept = std::fs::read_to_string(state_file(&dir)).expect("still there");
+    assert!(kept.contains("run 1"), "{kept}");
+    drop(w);
+    let w = serve(&dir);
+    assert!(w.wait_for_log("carried on from the last checkpoint"));
+    assert_eq!(w.post_signed(&message).body, first.body);
+}
+
+#[test]
 fn a_state_saved_long_ago_is_too_old_to_keep() {
     let dir = counting_site("restart-old");
     let w = serve(&dir);
