@@ -1517,6 +1517,19 @@ mod tests {
             "[INFO] whole\n[INFO] torn rec\n[INFO] next\n"
         );
         drop(logger);
+        // Torn, and the next record rotates the file: the fresh file starts with the record.
+        fs::write(dir.join(FILE_NAME), "[INFO] torn rec").unwrap();
+        let file = RotatingFile::open(&dir, 20, 10).unwrap();
+        let logger = Arc::from(
+            FileLogger::new(LevelFilter::Info, bare_config(), file, Box::new(io::sink())).unwrap(),
+        );
+        emit(&logger, log::Level::Info, "fresh");
+        logger.flush();
+        assert_eq!(
+            fs::read_to_string(dir.join(FILE_NAME)).unwrap(),
+            "[INFO] fresh\n"
+        );
+        drop(logger);
         fs::remove_dir_all(&dir).unwrap();
     }
 
