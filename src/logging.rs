@@ -1517,6 +1517,15 @@ mod tests {
             "[INFO] whole\n[INFO] torn rec\n[INFO] next\n"
         );
         drop(logger);
+        // A whole file, opened again: nothing is added between its records.
+        let logger = shared_logger(&dir, Box::new(io::sink()));
+        emit(&logger, log::Level::Info, "again");
+        logger.flush();
+        assert_eq!(
+            fs::read_to_string(dir.join(FILE_NAME)).unwrap(),
+            "[INFO] whole\n[INFO] torn rec\n[INFO] next\n[INFO] again\n"
+        );
+        drop(logger);
         // Torn, and the next record rotates the file: the fresh file starts with the record.
         fs::write(dir.join(FILE_NAME), "[INFO] torn rec").unwrap();
         let file = RotatingFile::open(&dir, 20, 10).unwrap();
