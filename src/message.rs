@@ -754,6 +754,8 @@ mod tests {
             "<xml p:xmlns=\"urn:a\">",
             "<xml xml:xmlns=\"u\">",
             "<xml a:b:xmlns=\"u\">",
+            // After sections that are skipped, markup is looked at again.
+            "<xml><a><![CDATA[x]]></a><!-- c --><?pi x?><b xmlns:m=\"v\"/></xml>",
         ] {
             refused(declaration, ParseError::Namespace);
         }
