@@ -287,6 +287,13 @@ mod tests {
             "{entries:?}"
         );
         assert!(entries[1].2 > RETRIES_WITHIN, "{entries:?}");
+        // A URL whose retries ended in this process is saved as past them too.
+        let now = Instant::now();
+        if let Some(ended) = now.checked_sub(Duration::from_secs(1)) {
+            ledger.note(5, 6, Some(ended), now);
+            let (_, _, age) = ledger.entries()[2];
+            assert!(age > RETRIES_WITHIN, "{age:?}");
+        }
     }
 
     #[test]
