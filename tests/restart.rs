@@ -55,6 +55,15 @@ fn count_once(w: &Wxmp) -> (String, String, Resp) {
     (message, url, first)
 }
 
+/// Rewrites the saved state as if it had been saved `ms` milliseconds earlier (the server down
+/// that long in between).
+fn move_the_save_back(dir: &Path, ms: u64) {
+    let path = state_file(dir);
+    let mut saved = wxmp::state::take(&path).unwrap().expect("a saved state");
+    saved.saved_at_ms -= ms;
+    wxmp::state::save(&path, &saved).unwrap();
+}
+
 /// Stops `w` as systemd does and checks that it exited 0.
 fn stop(w: Wxmp) {
     assert_eq!(w.terminate().code(), Some(0));
@@ -494,16 +503,7 @@ fn a_state_saved_long_ago_is_too_old_to_keep() {
     stop(w);
     // As if the server had stayed down for 11 minutes: WeChat gave up on the message long ago,
     // and every signed URL of that time is stale.
-    let path = state_file(&dir);
-    let saved = std::fs::read_to_string(&path).unwrap();
-    let line = saved
-        .lines()
-        .find(|l| l.starts_with("saved_at_ms = "))
-        .expect("saved_at_ms")
-        .to_string();
-    let at: u64 = line["saved_at_ms = ".len()..].parse().unwrap();
-    let moved = saved.replace(&line, &format!("saved_at_ms = {}", at - 660_000));
-    std::fs::write(&path, moved).unwrap();
+    move_the_save_back(&dir, 660_000);
 
     let w = serve(&dir);
     assert!(w.wait_for_log(
@@ -524,19 +524,7 @@ fn a_url_and_message_replayed_after_wechats_retries_are_refused() {
     let w = serve(&dir);
     let (message, url, _) = count_once(&w);
     stop(w);
-    let path = state_file(&dir);
-    let saved = std::fs::read_to_string(&path).unwrap();
-    let line = saved
-        .lines()
-        .find(|l| l.starts_with("saved_at_ms = "))
-        .expect("saved_at_ms")
-        .to_string();
-    let at: u64 = line["saved_at_ms = ".len()..].parse().unwrap();
-    std::fs::write(
-        &path,
-        saved.replace(&line, &format!("saved_at_ms = {}", at - 40_000)),
-    )
-    .unwrap();
+    move_the_save_back(&dir, 40_000);
     let w = serve(&dir);
     assert!(w.wait_for_log("0 answered message(s) for their retries, 1 signed URL(s)"));
     let replayed = w.request("POST", &url, &[], message.as_bytes());
