@@ -64,6 +64,16 @@ fn move_the_save_back(dir: &Path, ms: u64) {
     wxmp::state::save(&path, &saved).unwrap();
 }
 
+/// A counting site whose server counted once (`run 1`) and was stopped: its folder, the
+/// message, its URL and the answer.
+fn counted_then_stopped(tag: &str) -> (PathBuf, String, String, Resp) {
+    let dir = counting_site(tag);
+    let w = serve(&dir);
+    let (message, url, first) = count_once(&w);
+    stop(w);
+    (dir, message, url, first)
+}
+
 /// Stops `w` as systemd does and checks that it exited 0.
 fn stop(w: Wxmp) {
     assert_eq!(w.terminate().code(), Some(0));
@@ -237,9 +247,15 @@ fn fetch_in_background(w: &Wxmp, dir: &Path) -> (String, std::thread::JoinHandle
     (message, first)
 }
 
-/// After a stop that cut `抓取` short: its answer was not handed on, and WeChat's next try,
-/// reaching the new process, runs the command again.
-fn the_next_process_runs_it_again(dir: &Path, message: &str) {
+/// After a stop that cut `抓取` short: the waiting try was told so, the answer was not handed
+/// on, and WeChat's next try, reaching the new process, runs the command again.
+fn the_next_process_runs_it_again(dir: &Path, message: &str, first: std::thread::JoinHandle<Resp>) {
+    let first = first.join().unwrap();
+    assert_eq!(
+        parse_reply(&first.body).get("Content"),
+        Some("服务正在重启，指令已停止，请稍后再试"),
+        "{first:?}"
+    );
     let saved = std::fs::read_to_string(state_file(dir)).unwrap_or_default();
     assert!(!saved.contains("服务正在重启"), "{saved}");
     assert!(!saved.contains("指令执行失败"), "{saved}");
@@ -263,13 +279,7 @@ fn a_command_the_stop_cuts_short_runs_again_after_the_restart() {
     let (message, first) = fetch_in_background(&w, &dir);
     // The program outlives the 4 s grace: wxmp kills it and tells the waiting try so.
     stop(w);
-    let first = first.join().unwrap();
-    assert_eq!(
-        parse_reply(&first.body).get("Content"),
-        Some("服务正在重启，指令已停止，请稍后再试"),
-        "{first:?}"
-    );
-    the_next_process_runs_it_again(&dir, &message);
+    the_next_process_runs_it_again(&dir, &message, first);
 }
 
 #[test]
@@ -289,13 +299,7 @@ fn a_command_killed_by_the_same_stop_signal_as_wxmp_runs_again_after_the_restart
     // The program's end is seen first; wxmp's own SIGTERM follows within its 200 ms window.
     std::thread::sleep(Duration::from_millis(50));
     stop(w);
-    let first = first.join().unwrap();
-    assert_eq!(
-        parse_reply(&first.body).get("Content"),
-        Some("服务正在重启，指令已停止，请稍后再试"),
-        "{first:?}"
-    );
-    the_next_process_runs_it_again(&dir, &message);
+    the_next_process_runs_it_again(&dir, &message, first);
 }
 
 #[test]
@@ -453,10 +457,7 @@ fn a_checkpoint_that_cannot_be_written_is_reported_once_and_tried_again() {
 
 #[test]
 fn what_a_start_took_is_kept_again_at_once_and_a_second_server_takes_nothing() {
-    let dir = counting_site("restart-start-window");
-    let w = serve(&dir);
-    let (message, _, first) = count_once(&w);
-    stop(w);
+    let (dir, message, _, first) = counted_then_stopped("restart-start-window");
     let w = serve(&dir);
     let started = Instant::now();
     assert!(w.wait_for_log("carried on from the last stop: 1 answered message(s)"));
@@ -497,10 +498,7 @@ fn what_a_start_took_is_kept_again_at_once_and_a_second_server_takes_nothing() {
 
 #[test]
 fn a_state_saved_long_ago_is_too_old_to_keep() {
-    let dir = counting_site("restart-old");
-    let w = serve(&dir);
-    let (message, _, _) = count_once(&w);
-    stop(w);
+    let (dir, message, _, _) = counted_then_stopped("restart-old");
     // As if the server had stayed down for 11 minutes: WeChat gave up on the message long ago,
     // and every signed URL of that time is stale.
     move_the_save_back(&dir, 660_000);
@@ -520,10 +518,7 @@ fn a_url_and_message_replayed_after_wechats_retries_are_refused() {
     // for 5 minutes: without the ledger's dates, the URL and body of an event read from a log
     // would run its command again every 30 s. Here the 30 s pass during a restart (the state's
     // save moved 40 s back): the answer is too old to keep, the URL is remembered and dated.
-    let dir = counting_site("restart-replay-spent");
-    let w = serve(&dir);
-    let (message, url, _) = count_once(&w);
-    stop(w);
+    let (dir, message, url, _) = counted_then_stopped("restart-replay-spent");
     move_the_save_back(&dir, 40_000);
     let w = serve(&dir);
     assert!(w.wait_for_log("0 answered message(s) for their retries, 1 signed URL(s)"));
@@ -542,10 +537,7 @@ fn a_url_and_message_replayed_after_wechats_retries_are_refused() {
 fn a_url_used_over_30_s_before_a_stop_is_spent_after_the_restart() {
     // The stop came 31 s after the message, and the start right after it: the answer is too old
     // to keep, and the URL's first use is 31 s old too, not dated by the save.
-    let dir = counting_site("restart-replay-aged");
-    let w = serve(&dir);
-    let (message, url, _) = count_once(&w);
-    stop(w);
+    let (dir, message, url, _) = counted_then_stopped("restart-replay-aged");
     let path = state_file(&dir);
     let mut saved = wxmp::state::take(&path).unwrap().expect("saved");
     for answer in &mut saved.answers {
