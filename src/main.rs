@@ -292,7 +292,9 @@ impl Checkpoint {
         if changes == self.stored {
             return;
         }
-        match wxmp::state::store(&self.path, &server.checkpoint()) {
+        let stored = wxmp::state::store(&self.path, &server.checkpoint());
+        wxmp::server::give_back_free_memory();
+        match stored {
             Ok(()) => {
                 self.stored = changes;
                 if self.failing {

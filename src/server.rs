@@ -106,6 +106,18 @@ pub fn tune_allocator() -> bool {
     }
 }
 
+/// Hands the allocator's free pages back to the system (glibc's `malloc_trim`; nothing
+/// elsewhere). Called after each checkpoint: its snapshot and file buffers are freed at once,
+/// and without this the heaps they came from (shared with other threads) keep the pages, which
+/// showed as +0.3-0.6 MiB of peak RSS in the benchmark.
+pub fn give_back_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own heaps; 0 keeps no padding.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Whether a try is WeChat's last for its message: try 3, or one arriving [`LAST_TRY_AFTER`]
 /// the first (an earlier try may have been lost), or one WeChat sent [`LAST_TRY_AGE`] seconds
 /// after the message was created (`age`: the earlier tries went to a process that is gone). The
