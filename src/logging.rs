@@ -661,17 +661,12 @@ impl Echo {
     /// unless stderr is already known to be stalled), drops them and counts the lines.
     fn offer(&self, bytes: &[u8], lines: usize) {
         let mut q = lock(&self.queue);
-        if q.stalled || bytes.len() > ECHO_MAX_BYTES {
-            // Nothing more until stderr takes a write (what it gets stays in order); a batch
-            // that could never fit (a program's 1 MiB stderr line, logged whole) is dropped
-            // alone. Either way the echo thread is woken to say so.
-            q.dropped += lines as u64;
-            self.ready.notify_one();
-            return;
-        }
-        if q.bytes.len() + bytes.len() > ECHO_MAX_BYTES {
+        let fits = |q: &EchoQueue| q.bytes.len() + bytes.len() <= ECHO_MAX_BYTES;
+        // Wait for room only while stderr is moving and the batch could ever fit (a program's
+        // 1 MiB stderr line, logged whole, never does).
+        if !q.stalled && bytes.len() <= ECHO_MAX_BYTES && !fits(&q) {
             let deadline = Instant::now() + ECHO_WAIT;
-            while q.bytes.len() + bytes.len() > ECHO_MAX_BYTES {
+            while !fits(&q) {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     q.stalled = true;
@@ -684,12 +679,13 @@ impl Echo {
                     .0;
             }
         }
-        if q.stalled {
+        if q.stalled || !fits(&q) {
+            // Nothing more until stderr takes a write, so that what it gets stays in order;
+            // the echo thread is woken to say how much was dropped.
             q.dropped += lines as u64;
-            self.ready.notify_one();
-            return;
+        } else {
+            q.bytes.extend_from_slice(bytes);
         }
-        q.bytes.extend_from_slice(bytes);
         self.ready.notify_one();
     }
 

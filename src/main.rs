@@ -226,24 +226,19 @@ fn serve(path: &std::path::Path) -> ExitCode {
     }
     log::info!("stopping: finishing requests in flight");
     let saved = server.shutdown(Duration::from_secs(4));
-    if saved.is_empty() {
-        // A checkpoint's file would be handed on as if this stop had not happened.
-        match wxmp::state::store(&state_path, &saved) {
-            Ok(()) => log::info!("stopped"),
-            Err(e) => log::warn!("stopped; {e}: the next start may take it as this stop's"),
-        }
-    } else {
-        match wxmp::state::save(&state_path, &saved) {
-            Ok(()) => log::info!(
-                "stopped; {} answered message(s), {} signed URL(s) and {} late result(s) saved \
-                 to {} for the next start",
-                saved.answers.len(),
-                saved.urls.len(),
-                saved.late.len(),
-                state_path.display()
-            ),
-            Err(e) => log::warn!("stopped; {e}: the next start begins without it"),
-        }
+    // An empty state deletes a checkpoint's file: it would be handed on as if this stop had
+    // not happened.
+    match wxmp::state::store(&state_path, &saved) {
+        Ok(()) if saved.is_empty() => log::info!("stopped"),
+        Ok(()) => log::info!(
+            "stopped; {} answered message(s), {} signed URL(s) and {} late result(s) saved to {} \
+             for the next start",
+            saved.answers.len(),
+            saved.urls.len(),
+            saved.late.len(),
+            state_path.display()
+        ),
+        Err(e) => log::warn!("stopped; {e}: the next start may not carry on from this stop"),
     }
     wxmp::logging::flush();
     if fatal.is_some() {
