@@ -475,6 +475,15 @@ fn a_stderr_nobody_reads_does_not_stop_the_server() {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
+    // Killed however the test ends (a failed assertion must not leave a server behind).
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(child);
     // SAFETY: fcntl on a pipe fd we own; F_SETPIPE_SZ takes an int.
     unsafe {
         libc::fcntl(
@@ -516,10 +525,10 @@ fn a_stderr_nobody_reads_does_not_stop_the_server() {
     }
     // And it still stops on SIGTERM, saying so in the file.
     // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
         assert!(
