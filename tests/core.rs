@@ -541,6 +541,131 @@ fn a_stderr_nobody_reads_does_not_stop_the_server() {
     drop(lines);
 }
 
+/// Sets wxmp's RLIMIT_FSIZE from outside (prlimit(2)); `None` lifts it.
+fn cap_file_size(pid: u32, cap: Option<u64>) {
+    let limit = libc::rlimit {
+        rlim_cur: cap.unwrap_or(libc::RLIM_INFINITY),
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit(2) on our own child, with a valid rlimit and no old-limit pointer.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn a_disk_that_fills_part_way_through_a_record_costs_log_lines_not_messages() {
+    // A disk that fills in the middle of a write, made real: with RLIMIT_FSIZE the kernel writes
+    // a record only up to the cap and refuses the rest (EFBIG), as a full disk stops a write
+    // part-way. The cap is set and lifted from outside (prlimit); SIGXFSZ, which the kernel
+    // also sends, is ignored from the start, as the process inherits it.
+    let dir = config_dir("full-disk", "");
+    let wxmp = Wxmp::start_prepared(&dir, &["serve", "--config", "wxmp.toml"], &[], |cmd| {
+        // SAFETY: runs in the child between fork and exec; signal(2) is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(cmd, || {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                Ok(())
+            })
+        };
+    });
+    let log_path = dir.join("log").join("wxmp.log");
+    let file_size = || std::fs::metadata(&log_path).map_or(0, |m| m.len());
+    assert_text_reply(
+        &wxmp.post_signed(&text("oFull", "before")),
+        "oFull",
+        DEFAULT_REPLY,
+    );
+    assert_eq!(wxmp.wait_for_count(" text \"before\"", 1), 1);
+    // The checkpoint of that answer is written first (it would log a warning once capped).
+    let state = dir.join("log").join("wxmp.state");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&state).is_ok_and(|s| s.contains("oFull")) {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One byte of room: the next record is cut after its first byte.
+    let room_at = file_size();
+    cap_file_size(wxmp.pid(), Some(room_at + 1));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(file_size(), room_at, "nothing is logged while idle");
+    for i in 0..20 {
+        let resp = wxmp.post_signed(&text("oFull", &format!("while full {i}")));
+        assert_text_reply(&resp, "oFull", DEFAULT_REPLY);
+    }
+    assert_eq!(
+        wxmp.wait_for_count(" text \"while full ", 20),
+        20,
+        "stderr has them"
+    );
+    assert_eq!(
+        wxmp.stderr()
+            .matches(
+                "wxmp: cannot write the log file: file too large; log lines are lost until it \
+                 can be written again"
+            )
+            .count(),
+        1,
+        "said once on stderr:\n{}",
+        wxmp.stderr()
+    );
+    let torn = std::fs::read(&log_path).unwrap();
+    assert_eq!(torn.len() as u64, room_at + 1, "cut at the cap");
+    assert_ne!(torn.last(), Some(&b'\n'), "the file ends inside a record");
+    // Room again.
+    cap_file_size(wxmp.pid(), None);
+    assert_text_reply(
+        &wxmp.post_signed(&text("oFull", "after")),
+        "oFull",
+        DEFAULT_REPLY,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = std::fs::read(&log_path).unwrap();
+        if String::from_utf8_lossy(&log).contains("are lost\n") {
+            break log;
+        }
+        assert!(std::time::Instant::now() < deadline, "no note in the file");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(log[..torn.len()], torn[..], "what was written stays");
+    let tail = String::from_utf8(log[torn.len()..].to_vec()).unwrap();
+    // The torn record is closed by a newline of its own; the next record starts a line.
+    let tail = tail
+        .strip_prefix('\n')
+        .expect("a newline after the torn record");
+    let whole = String::from_utf8_lossy(&torn[..room_at as usize]).into_owned();
+    let before = whole.lines().last().expect("the record of \"before\"");
+    let mut lines = tail.lines();
+    let after = lines.next().unwrap();
+    assert!(
+        after.contains(" text \"after\" -> ")
+            && after.find(" [INFO ] ") == before.find(" [INFO ] "),
+        "a whole record, like {before:?}: {after:?}"
+    );
+    let note = lines.next().unwrap();
+    let lost: usize = note
+        .strip_prefix("wxmp: up to ")
+        .and_then(|n| n.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the note: {note}"));
+    assert!(lost >= 20, "the 20 messages' lines are counted: {note}");
+    assert!(
+        note.ends_with(
+            " earlier log line(s) could not be written to this file (file too large) and are lost"
+        ),
+        "{note}"
+    );
+    assert!(!tail.contains("while full"), "lost lines are not pretended");
+    assert_eq!(wxmp.terminate().code(), Some(0));
+}
+
 #[test]
 fn missing_msgtype_is_400() {
     let w = Wxmp::start("");

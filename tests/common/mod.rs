@@ -78,6 +78,17 @@ impl Wxmp {
 
     /// Starts wxmp in `dir` with `args` and `envs`, waiting for its "listening on" line.
     pub fn start_in(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Wxmp {
+        Wxmp::start_prepared(dir, args, envs, |_| {})
+    }
+
+    /// Like [`Wxmp::start_in`], with `prepare` given the command before it is spawned (to set
+    /// what the process inherits, e.g. a signal disposition in `pre_exec`).
+    pub fn start_prepared(
+        dir: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        prepare: impl FnOnce(&mut Command),
+    ) -> Wxmp {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxmp"));
         cmd.args(args)
             .current_dir(dir)
@@ -95,6 +106,7 @@ impl Wxmp {
             cmd.env_remove(var);
         }
         cmd.envs(envs.iter().copied());
+        prepare(&mut cmd);
         let mut child = cmd.spawn().expect("start wxmp");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
