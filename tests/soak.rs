@@ -120,14 +120,99 @@ struct Sample {
     rss_kib: u64,
     fds: u64,
     threads: u64,
+    kinds: FdKinds,
+}
+
+/// What a sample's open fds were, so that a count over the limit can be told apart: a leak of
+/// files or pipes, connections the clients closed and wxmp did not (CLOSE_WAIT), or a burst of
+/// live ones.
+#[derive(Clone, Copy, Debug, Default)]
+struct FdKinds {
+    /// TCP sockets by state (from the process's `/proc/PID/net/tcp` and `tcp6`).
+    listening: u64,
+    established: u64,
+    close_wait: u64,
+    other_tcp: u64,
+    /// Sockets not found in those tables (e.g. Unix sockets).
+    other_sockets: u64,
+    pipes: u64,
+    /// Regular files and everything else (`/dev/null`, eventfds, ...).
+    files: u64,
+}
+
+impl std::fmt::Display for FdKinds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TCP listening {}, established {}, close-wait {}, other states {}; other sockets {}; \
+             pipes {}; files and others {}",
+            self.listening,
+            self.established,
+            self.close_wait,
+            self.other_tcp,
+            self.other_sockets,
+            self.pipes,
+            self.files
+        )
+    }
+}
+
+/// The TCP state (`st`, hex) of every socket inode in `/proc/PID/net/tcp{,6}`.
+fn tcp_states(pid: u32) -> std::collections::HashMap<u64, u8> {
+    let mut states = std::collections::HashMap::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if let (Some(st), Some(inode)) = (fields.get(3), fields.get(9)) {
+                if let (Ok(st), Ok(inode)) = (u8::from_str_radix(st, 16), inode.parse()) {
+                    states.insert(inode, st);
+                }
+            }
+        }
+    }
+    states
+}
+
+fn fd_kinds(pid: u32) -> (u64, FdKinds) {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return (0, FdKinds::default());
+    };
+    let links: Vec<String> = dir
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .collect();
+    let states = tcp_states(pid);
+    let mut k = FdKinds::default();
+    for link in &links {
+        let inode = |prefix: &str| -> Option<u64> {
+            link.strip_prefix(prefix)?.strip_suffix(']')?.parse().ok()
+        };
+        if let Some(inode) = inode("socket:[") {
+            match states.get(&inode) {
+                Some(0x0A) => k.listening += 1,
+                Some(0x01) => k.established += 1,
+                Some(0x08) => k.close_wait += 1,
+                Some(_) => k.other_tcp += 1,
+                None => k.other_sockets += 1,
+            }
+        } else if inode("pipe:[").is_some() {
+            k.pipes += 1;
+        } else {
+            k.files += 1;
+        }
+    }
+    (links.len() as u64, k)
 }
 
 fn sample(pid: u32, since: Instant) -> Sample {
+    let (fds, kinds) = fd_kinds(pid);
     Sample {
         secs: since.elapsed().as_secs_f64(),
         rss_kib: proc_status_field(pid, "VmRSS").unwrap_or(0),
-        fds: std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64),
+        fds,
         threads: proc_status_field(pid, "Threads").unwrap_or(0),
+        kinds,
     }
 }
 
@@ -960,6 +1045,14 @@ fn soak() {
             0.0
         }
     };
+    for (half, v) in [("first", &first), ("last", &last)] {
+        if let Some(s) = v.iter().max_by_key(|s| s.fds) {
+            println!(
+                "most fds in the {half} half: {} at {:.0} s ({})",
+                s.fds, s.secs, s.kinds
+            );
+        }
+    }
     println!(
         "RSS slope: first half {:.1} KiB/s, last half {:.1} KiB/s",
         slope(&first),
@@ -983,7 +1076,18 @@ fn soak() {
     );
     assert_eq!(panics, 0, "wxmp logged a panic");
     assert!(rss2 <= rss_limit, "RSS grew: {rss1} -> {rss2} KiB");
-    assert!(fd2 <= fd_limit, "open fds grew: {fd1} -> {fd2}");
+    let most_fds = |v: &[Sample]| {
+        v.iter()
+            .max_by_key(|s| s.fds)
+            .map(|s| format!("{} at {:.0} s: {}", s.fds, s.secs, s.kinds))
+            .unwrap_or_default()
+    };
+    assert!(
+        fd2 <= fd_limit,
+        "open fds grew: {fd1} -> {fd2}; most in the first half {}; in the last half {}",
+        most_fds(&first),
+        most_fds(&last)
+    );
     assert!(th2 <= th_limit, "threads grew: {th1} -> {th2}");
     // Once drained, the fds are those of an idle wxmp again (±4: the watchdog's self-probe).
     assert!(
