@@ -29,6 +29,9 @@ static RUNNING: AtomicUsize = AtomicUsize::new(0);
 /// Set by [`stop_all`]: running programs are killed and new ones refused.
 static STOPPING: AtomicBool = AtomicBool::new(false);
 
+/// Set by [`refuse_new`] (and [`stop_all`]): new programs are refused, running ones go on.
+static REFUSING: AtomicBool = AtomicBool::new(false);
+
 /// The flag `wxmp serve`'s SIGTERM and SIGINT handlers set ([`watch_stop_signal`]).
 static STOP_SIGNAL: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
@@ -123,10 +126,18 @@ impl Drop for Slot {
     }
 }
 
+/// Refuses new programs from now on ([`Status::Stopped`], marked for [`take_cut_short`]) and
+/// lets running ones finish: for the start of a shutdown, whose grace is for the programs
+/// already running, and whose end ([`stop_all`]) would kill a program started meanwhile.
+pub fn refuse_new() {
+    REFUSING.store(true, Ordering::SeqCst);
+}
+
 /// Kills the process group of every running program (within a few milliseconds, each run's own
 /// thread does it) and refuses new ones: for shutdown, so no program outlives the server
 /// unsupervised. Returns once none runs, or after `wait`.
 pub fn stop_all(wait: Duration) {
+    REFUSING.store(true, Ordering::SeqCst);
     STOPPING.store(true, Ordering::SeqCst);
     let deadline = Instant::now() + wait;
     while running() > 0 && Instant::now() < deadline {
@@ -282,7 +293,7 @@ pub fn run(job: &Job) -> Output {
 
 fn run_unmarked(job: &Job) -> Output {
     let start = Instant::now();
-    if STOPPING.load(Ordering::SeqCst) {
+    if REFUSING.load(Ordering::SeqCst) {
         return Output::failed(Status::Stopped, start);
     }
     let Some(_slot) = Slot::take() else {

@@ -312,16 +312,19 @@ impl Server {
             .clone()
     }
 
-    /// Stops taking requests, answers those already received, and waits up to `grace` for
-    /// requests still being worked on; returns what the next process needs to carry on
-    /// ([`crate::state`]: answered messages, signed URLs, late results).
+    /// Waits up to `grace` for requests still being worked on (slow commands), answering new
+    /// ones meanwhile but starting no more programs; then stops the programs still running,
+    /// answers the requests already received and stops taking requests. Returns what the
+    /// next process needs to carry on ([`crate::state`]: answered messages, signed URLs, late
+    /// results).
     pub fn shutdown(self, grace: Duration) -> Saved {
         let deadline = Instant::now() + grace;
-        self.app.stopping.store(true, Ordering::SeqCst);
-        self.http.unblock();
-        for w in self.workers {
-            let _ = w.join();
-        }
+        // WeChat keeps calling during a stop or restart: the workers answer on while slow
+        // requests finish. A request left unanswered in tiny_http's queue would get its empty
+        // 500 when the server is dropped, which WeChat shows as a failure. A command that
+        // would start a program now is told the server is restarting (and not handed on: the
+        // next process runs it on WeChat's next try), as that program would be killed below.
+        crate::exec::refuse_new();
         while self.app.detached.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(20));
         }
@@ -331,8 +334,13 @@ impl Server {
         }
         // No running program outlives the server: its timeout would no longer be enforced.
         // (What a program left running in the background after it exited is its own work,
-        // README "Programs".)
+        // README "Programs".) Their waiting tries are answered that the server is restarting.
         crate::exec::stop_all(Duration::from_millis(500));
+        self.app.stopping.store(true, Ordering::SeqCst);
+        self.http.unblock();
+        for w in self.workers {
+            let _ = w.join();
+        }
         snapshot(&self.app)
     }
 }

@@ -283,6 +283,44 @@ fn a_command_the_stop_cuts_short_runs_again_after_the_restart() {
 }
 
 #[test]
+fn messages_that_arrive_while_the_stop_waits_for_a_command_are_answered() {
+    // A stop (`systemctl restart`) waits up to 4 s for a running command, and WeChat keeps
+    // calling meanwhile. Each message gets an answer, not tiny_http's empty 500 for a request
+    // nobody took, which WeChat shows as "该公众号暂时无法提供服务".
+    let dir = interrupted_site("restart-grace");
+    let w = serve(&dir);
+    let (message, first) = fetch_in_background(&w, &dir);
+    w.signal(libc::SIGTERM);
+    assert!(w.wait_for_log("stopping: finishing requests in flight"));
+    // Past the first moments of the stop, when workers still waiting for a request took one.
+    std::thread::sleep(Duration::from_millis(500));
+    let other = w.post_signed(&text("oOther", "你好"));
+    assert_text_reply(&other, "oOther", DEFAULT_REPLY);
+    // A command that would start a program now is not started: the user is told to try again,
+    // and WeChat's next try, reaching the next process, runs it.
+    let started = Instant::now();
+    let refused = w.post_signed(&text("oThird", "抓取"));
+    assert_text_reply(&refused, "oThird", "服务正在重启，指令已停止，请稍后再试");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("runs.txt")).unwrap(),
+        "run\n",
+        "only the first program ran"
+    );
+    assert!(
+        w.wait_for_log("oOther text \"你好\" -> text"),
+        "{}",
+        w.stderr()
+    );
+    stop(w);
+    the_next_process_runs_it_again(&dir, &message, first);
+}
+
+#[test]
 fn a_command_killed_by_the_same_stop_signal_as_wxmp_runs_again_after_the_restart() {
     // systemd's default KillMode=control-group (or a panel killing the process tree) sends
     // SIGTERM to wxmp and to its programs at once; the program's end is no failure of its own.
