@@ -296,7 +296,9 @@ impl<T: Clone + Weigh> Dedup<T> {
     /// Remembers `answer` for the message `key` first seen `age` ago after `tries` tries, as
     /// saved by [`Dedup::answered`] in an earlier process; its retries then get it as if this
     /// process had answered it. Nothing is done for a key already known, an age past the
-    /// time-to-live, or a full table (restore oldest first, before serving).
+    /// time-to-live, or an answer bigger than the whole byte budget. A full table forgets its
+    /// oldest entries to make room, as a live claim does (restore oldest first, before
+    /// serving, so that the newest are kept).
     pub fn restore(&self, key: &str, age: Duration, tries: u32, answer: T) -> bool {
         let now = Instant::now();
         let Some(created) = now.checked_sub(age).filter(|_| age < self.ttl) else {
@@ -304,11 +306,16 @@ impl<T: Clone + Weigh> Dedup<T> {
         };
         let mut inner = lock(&self.inner);
         let w = answer.weight();
-        if inner.entries.contains_key(key)
-            || inner.entries.len() >= self.capacity
-            || self.bytes() + w > self.budget
-        {
+        if inner.entries.contains_key(key) || w > self.budget {
             return false;
+        }
+        // As a live claim does, the oldest go to make room: restored oldest first, a full
+        // table keeps its newest answers, whose retries are the ones still to come.
+        while inner.entries.len() >= self.capacity || self.bytes() + w > self.budget {
+            match inner.order.pop_front() {
+                Some((created, old)) => Self::remove(&mut inner, &old, created),
+                None => break,
+            }
         }
         let slot = self.slot(State::Done(answer), tries.max(1), created, w);
         self.tally.bytes.fetch_add(w, Ordering::SeqCst);
@@ -735,24 +742,33 @@ mod tests {
     }
 
     #[test]
-    fn restore_refuses_the_expired_the_known_and_what_does_not_fit() {
+    fn restore_refuses_the_expired_the_known_and_the_too_big_and_keeps_the_newest() {
         let d: Dedup<String> = Dedup::with_budget(Duration::from_secs(30), 2, 10);
         assert!(!d.restore("old", Duration::from_secs(30), 1, "x".into()));
-        assert!(d.restore("a", Duration::from_secs(29), 0, "12345".into()));
-        assert!(!d.restore("a", Duration::ZERO, 1, "y".into()), "known");
         assert!(
-            !d.restore("big", Duration::ZERO, 1, "123456".into()),
-            "over budget"
+            !d.restore("huge", Duration::ZERO, 1, "12345678901".into()),
+            "over the whole budget"
         );
+        assert!(d.restore("gone", Duration::from_secs(29), 1, "123456".into()));
+        // Restored oldest first: a full table makes room for the newer, as a live claim does
+        // (the newest answers are those whose retries are still to come).
+        assert!(d.restore("a", Duration::from_secs(29), 0, "12345".into()));
+        assert_eq!((d.len(), d.bytes()), (1, 5), "\"gone\" made room");
+        assert!(!d.restore("a", Duration::ZERO, 1, "y".into()), "known");
         assert!(
             d.restore("b", Duration::ZERO, 1, "12345".into()),
             "exactly the budget"
         );
-        assert!(
-            !d.restore("c", Duration::ZERO, 1, "".into()),
-            "over capacity"
-        );
         assert_eq!((d.len(), d.bytes()), (2, 10));
+        let full: Dedup<String> = Dedup::with_budget(Duration::from_secs(30), 2, 100);
+        for k in ["1", "2", "3"] {
+            assert!(full.restore(k, Duration::ZERO, 1, k.into()));
+        }
+        assert_eq!(full.len(), 2);
+        assert!(
+            matches!(full.claim("1"), Claim::First(_)),
+            "the oldest made room"
+        );
         let Claim::Repeat(r) = d.claim("a") else {
             panic!()
         };

@@ -30,6 +30,11 @@ use std::time::{Duration, Instant};
 /// tries of a message span ~15 s): as long as the retry table keeps the answer for them.
 pub const RETRIES_WITHIN: Duration = crate::dedup::DEFAULT_TTL;
 
+/// How long after its first use a URL is still worth handing to the next process: a URL is
+/// refused as stale once its timestamp is [`crate::signature::MAX_CLOCK_SKEW`] away, and it was
+/// at most that far ahead when first used.
+pub const URLS_OUTLIVE: Duration = Duration::from_secs(2 * crate::signature::MAX_CLOCK_SKEW);
+
 /// Signed URLs remembered at most: at ~16 bytes each (plus the map's overhead) 1,024 cost ~40
 /// KiB, and cover an account receiving up to ~3 messages a second over a URL's five minutes.
 pub const DEFAULT_CAPACITY: usize = 1024;
@@ -55,14 +60,27 @@ pub struct Ledger {
 }
 
 struct Inner {
-    /// URL fingerprint → message fingerprint, and until when the same message again is a
-    /// retry ([`RETRIES_WITHIN`] after the URL's first use; `None`: no longer, as for a URL
-    /// restored from longer ago than that).
-    carried: HashMap<u64, (u64, Option<Instant>)>,
+    /// URL fingerprint → message fingerprint, and when the URL was first used.
+    carried: HashMap<u64, (u64, FirstUse)>,
     /// URL fingerprints in the order they were first seen, for forgetting the oldest.
     order: VecDeque<u64>,
     /// URLs recorded so far, restored ones included (see [`Ledger::changes`]).
     recorded: u64,
+}
+
+/// When a URL was first used: `age_then` before `at` (zero for a URL first used in this
+/// process; a restored URL's age as the last process saved it).
+#[derive(Clone, Copy)]
+struct FirstUse {
+    at: Instant,
+    age_then: Duration,
+}
+
+impl FirstUse {
+    fn age(&self, now: Instant) -> Duration {
+        self.age_then
+            .saturating_add(now.saturating_duration_since(self.at))
+    }
 }
 
 /// The message fingerprint of a GET verification; a message whose key hashes to it is counted
@@ -121,12 +139,11 @@ impl Ledger {
     /// Records that the URL with the (verified) `signature` carried the message `message_key`
     /// ([`crate::message::Message::dedup_key`]) and says what it carried before.
     pub fn record(&self, signature: &str, message_key: &str) -> Seen {
-        let now = Instant::now();
         self.note(
             url_fingerprint(signature),
             message_fingerprint(message_key),
-            now.checked_add(RETRIES_WITHIN),
-            now,
+            Duration::ZERO,
+            Instant::now(),
         )
     }
 
@@ -134,34 +151,27 @@ impl Ledger {
     /// no POST can use it. Whatever it carried before, a verification only echoes its own
     /// `echostr`.
     pub fn record_verification(&self, signature: &str) -> Seen {
-        let now = Instant::now();
         self.note(
             url_fingerprint(signature),
             VERIFICATION,
-            now.checked_add(RETRIES_WITHIN),
-            now,
+            Duration::ZERO,
+            Instant::now(),
         )
     }
 
     /// The remembered URLs as (URL, message) fingerprints with the time since each was first
-    /// used (past [`RETRIES_WITHIN`], only that it is past it), oldest first: what a stop or a
-    /// checkpoint saves.
+    /// used, oldest first, leaving out those first used over [`URLS_OUTLIVE`] ago (stale
+    /// anyway): what a stop or a checkpoint saves.
     pub fn entries(&self) -> Vec<(u64, u64, Duration)> {
         let now = Instant::now();
-        let past = RETRIES_WITHIN + Duration::from_secs(1);
         let inner = self.lock();
         inner
             .order
             .iter()
             .filter_map(|url| {
-                let (message, until) = inner.carried.get(url)?;
-                let age = match until {
-                    Some(until) if *until >= now => {
-                        RETRIES_WITHIN.saturating_sub(until.duration_since(now))
-                    }
-                    _ => past,
-                };
-                Some((*url, *message, age))
+                let (message, first) = inner.carried.get(url)?;
+                let age = first.age(now);
+                (age <= URLS_OUTLIVE).then_some((*url, *message, age))
             })
             .collect()
     }
@@ -172,10 +182,7 @@ impl Ledger {
     pub fn restore(&self, entries: &[(u64, u64, Duration)]) {
         let now = Instant::now();
         for &(url, message, age) in entries {
-            let until = RETRIES_WITHIN
-                .checked_sub(age)
-                .and_then(|left| now.checked_add(left));
-            self.note(url, message, until, now);
+            self.note(url, message, age, now);
         }
     }
 
@@ -195,14 +202,14 @@ impl Ledger {
         self.len() == 0
     }
 
-    /// Records `url` carrying `message`, a retry until `until` if it is new; `now` dates a
-    /// repeat.
-    fn note(&self, url: u64, message: u64, until: Option<Instant>, now: Instant) -> Seen {
+    /// Records `url` carrying `message`, first used `age` before `now` if it is new; `now`
+    /// dates a repeat.
+    fn note(&self, url: u64, message: u64, age: Duration, now: Instant) -> Seen {
         let mut inner = self.lock();
-        if let Some(&(before, retry_until)) = inner.carried.get(&url) {
+        if let Some(&(before, first)) = inner.carried.get(&url) {
             return if before != message {
                 Seen::Other
-            } else if retry_until.is_some_and(|until| now <= until) {
+            } else if first.age(now) <= RETRIES_WITHIN {
                 Seen::Same
             } else {
                 Seen::Spent
@@ -213,7 +220,16 @@ impl Ledger {
                 inner.carried.remove(&oldest);
             }
         }
-        inner.carried.insert(url, (message, until));
+        inner.carried.insert(
+            url,
+            (
+                message,
+                FirstUse {
+                    at: now,
+                    age_then: age,
+                },
+            ),
+        );
         inner.order.push_back(url);
         inner.recorded += 1;
         Seen::First
@@ -233,8 +249,7 @@ mod tests {
 
     impl Ledger {
         fn record_raw(&self, url: u64, message: u64) -> Seen {
-            let now = Instant::now();
-            self.note(url, message, now.checked_add(RETRIES_WITHIN), now)
+            self.note(url, message, Duration::ZERO, Instant::now())
         }
     }
 
@@ -252,18 +267,15 @@ mod tests {
             message_fingerprint("k"),
         );
         let at = |secs: u64| t0 + Duration::from_secs(secs);
-        let until = t0.checked_add(RETRIES_WITHIN);
-        assert_eq!(ledger.note(u, m, until, t0), Seen::First);
-        assert_eq!(
-            ledger.note(u, m, at(29).checked_add(RETRIES_WITHIN), at(29)),
-            Seen::Same
-        );
-        assert_eq!(ledger.note(u, m, None, at(30)), Seen::Same);
-        assert_eq!(ledger.note(u, m, None, at(31)), Seen::Spent);
+        let zero = Duration::ZERO;
+        assert_eq!(ledger.note(u, m, zero, t0), Seen::First);
+        assert_eq!(ledger.note(u, m, zero, at(29)), Seen::Same);
+        assert_eq!(ledger.note(u, m, zero, at(30)), Seen::Same);
+        assert_eq!(ledger.note(u, m, zero, at(31)), Seen::Spent);
         // Still spent later: the repeats do not move the first use.
-        assert_eq!(ledger.note(u, m, None, at(200)), Seen::Spent);
-        assert_eq!(ledger.note(u, 7, None, at(31)), Seen::Other);
-        assert_eq!(ledger.note(u, 7, None, at(1)), Seen::Other);
+        assert_eq!(ledger.note(u, m, zero, at(200)), Seen::Spent);
+        assert_eq!(ledger.note(u, 7, zero, at(31)), Seen::Other);
+        assert_eq!(ledger.note(u, 7, zero, at(1)), Seen::Other);
     }
 
     #[test]
@@ -274,9 +286,9 @@ mod tests {
             (3, 4, Duration::from_secs(40)),
         ]);
         let now = Instant::now();
-        assert_eq!(ledger.note(1, 2, None, now), Seen::Same);
+        assert_eq!(ledger.note(1, 2, Duration::ZERO, now), Seen::Same);
         let later = now + Duration::from_secs(6);
-        assert_eq!(ledger.note(1, 2, None, later), Seen::Spent);
+        assert_eq!(ledger.note(1, 2, Duration::ZERO, later), Seen::Spent);
         // First used longer ago than the retries last: spent at once.
         assert_eq!(ledger.record_raw(3, 4), Seen::Spent);
         // And saved again as such.
@@ -286,14 +298,29 @@ mod tests {
             (Duration::from_secs(24)..=Duration::from_secs(26)).contains(&entries[0].2),
             "{entries:?}"
         );
-        assert!(entries[1].2 > RETRIES_WITHIN, "{entries:?}");
-        // A URL whose retries ended in this process is saved as past them too.
-        let now = Instant::now();
-        if let Some(ended) = now.checked_sub(Duration::from_secs(1)) {
-            ledger.note(5, 6, Some(ended), now);
-            let (_, _, age) = ledger.entries()[2];
-            assert!(age > RETRIES_WITHIN, "{age:?}");
-        }
+        assert!(
+            (Duration::from_secs(39)..=Duration::from_secs(41)).contains(&entries[1].2),
+            "{entries:?}"
+        );
+    }
+
+    #[test]
+    fn a_url_past_its_timestamps_life_is_not_handed_on_again() {
+        // A chain of quick restarts must not carry a spent URL for ever: once it is stale by
+        // its timestamp, the next process has no use for it.
+        let ledger = Ledger::default();
+        ledger.restore(&[
+            (1, 2, URLS_OUTLIVE - Duration::from_secs(5)),
+            (3, 4, URLS_OUTLIVE + Duration::from_secs(1)),
+            (5, 6, Duration::from_secs(3600)),
+        ]);
+        let entries = ledger.entries();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!((entries[0].0, entries[0].1), (1, 2));
+        assert!(entries[0].2 >= URLS_OUTLIVE - Duration::from_secs(5));
+        // Still remembered here, as spent.
+        assert_eq!(ledger.record_raw(5, 6), Seen::Spent);
+        assert_eq!(ledger.record_raw(3, 4), Seen::Spent);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::crypto::{self, CryptoError, MsgCrypt};
 use crate::dedup::{Claim, Dedup, Repeat, Ticket};
 use crate::message::{self, Message};
 use crate::pending::{self, Pending};
-use crate::replay::{Ledger, Seen};
+use crate::replay::{Ledger, Seen, URLS_OUTLIVE};
 use crate::reply::Reply;
 use crate::router::{Handler, Route};
 use crate::signature;
@@ -344,10 +344,6 @@ impl Server {
         snapshot(&self.app)
     }
 }
-
-/// How long after a save its signed URLs are still worth restoring: a URL is refused as stale
-/// once its timestamp is [`signature::MAX_CLOCK_SKEW`] away, and it was at most that far ahead.
-const URLS_OUTLIVE: Duration = Duration::from_secs(2 * signature::MAX_CLOCK_SKEW);
 
 /// What `app` hands to the next process (see [`crate::state`]).
 fn snapshot(app: &App) -> Saved {

@@ -33,6 +33,11 @@ pub const VERSION: u32 = 1;
 /// up to 2 KiB each, 4 each, and 512 KiB of answers).
 pub const MAX_BYTES: u64 = 32 << 20;
 
+/// A file of more TOML tokens than this is not parsed: a full state wxmp writes has ~143,000,
+/// and parsing costs ~150 bytes a value, so a file of tiny values (`urls = ["","",…]`) would
+/// otherwise cost ~50 times its size.
+pub const MAX_TOKENS: usize = 512 << 10;
+
 /// Everything handed from one process to the next.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -203,8 +208,13 @@ fn encode(saved: &Saved, out: &mut impl Write) -> Result<(), String> {
 pub fn save(path: &Path, saved: &Saved) -> Result<(), String> {
     let tmp = path.with_extension("state.tmp");
     let write = || -> io::Result<()> {
+        // Never reuse a file already there: its mode, owner or symlink would be kept.
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let mut options = fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
@@ -213,7 +223,14 @@ pub fn save(path: &Path, saved: &Saved) -> Result<(), String> {
         let mut file = io::BufWriter::new(options.open(&tmp)?);
         encode(saved, &mut file).map_err(io::Error::other)?;
         file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        fs::rename(&tmp, path)
+        fs::rename(&tmp, path)?;
+        // The rename itself survives a power cut only once the folder is synced. Best effort:
+        // the state is in place either way, and some file systems refuse to sync a folder.
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Ok(dir) = fs::File::open(dir.unwrap_or(Path::new("."))) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
     };
     write().map_err(|e| {
         let _ = fs::remove_file(&tmp);
@@ -239,11 +256,29 @@ pub fn store(path: &Path, saved: &Saved) -> Result<(), String> {
 /// file deleted all the same, as it can never be read) when it is not a state this version
 /// wrote.
 pub fn take(path: &Path) -> Result<Option<Saved>, String> {
-    let mut file = match fs::File::open(path) {
+    // A crash during a write leaves the temporary file: never read, but it holds users' data.
+    let _ = fs::remove_file(path.with_extension("state.tmp"));
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // A FIFO put there must not block the start (open(2) waits for a writer).
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let mut file = match options.open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        drop(file);
+        let _ = fs::remove_file(path);
+        return Err(format!(
+            "cannot read {}: not a regular file",
+            path.display()
+        ));
+    }
     let mut text = String::new();
     let read = Read::by_ref(&mut file)
         .take(MAX_BYTES + 1)
@@ -263,6 +298,16 @@ pub fn take(path: &Path) -> Result<Option<Saved>, String> {
             "{} is over {} MiB, more than wxmp writes: ignored",
             path.display(),
             MAX_BYTES >> 20
+        ));
+    }
+    if toml_parser::Source::new(&text)
+        .lex()
+        .nth(MAX_TOKENS)
+        .is_some()
+    {
+        return Err(format!(
+            "{} has more than {MAX_TOKENS} TOML tokens, more than wxmp writes: ignored",
+            path.display()
         ));
     }
     let saved: Saved = toml::from_str(&text).map_err(|e| {
@@ -419,6 +464,79 @@ mod tests {
         assert_eq!(text.len() as u64, MAX_BYTES);
         fs::write(&path, &text).unwrap();
         assert!(take(&path).unwrap().is_some_and(|s| s.is_empty()));
+    }
+
+    #[test]
+    fn a_file_of_tiny_values_is_refused_before_it_is_parsed() {
+        // Parsing costs ~150 bytes a value: 8 MiB of `"",` would take ~450 MiB (a 32 MiB file
+        // 1.7 GB). Counted as tokens first, it is refused without building anything.
+        let dir = temp_dir("tiny-values");
+        let path = path_in(&dir);
+        let mut text = String::from("version = 1\nsaved_at_ms = 5\nurls = [");
+        while text.len() < 8 << 20 {
+            text.push_str("\"\",");
+        }
+        text.push_str("]\n");
+        fs::write(&path, &text).unwrap();
+        let err = take(&path).unwrap_err();
+        assert!(err.contains("TOML tokens, more than wxmp writes"), "{err}");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn the_fullest_state_wxmp_writes_is_taken_back() {
+        // The tables at their limits: 1,024 answers, 1,024 URLs, 4 late results for each of
+        // 1,024 users, with many lines each (every line and key is a token).
+        let body: Arc<str> = Arc::from(format!("<xml>{}\nline\nline</xml>", "数".repeat(150)));
+        let saved = Saved {
+            answers: (0..1024)
+                .map(|i| SavedAnswer {
+                    key: Arc::from(format!("id|o{i:027}|{i}")),
+                    age_ms: 1234,
+                    tries: 2,
+                    kind: "text".into(),
+                    body: Arc::clone(&body),
+                })
+                .collect(),
+            urls: (0..1024).map(|i| Saved::url_entry(i, i, 5000)).collect(),
+            late: (0..4096)
+                .map(|i| SavedLate {
+                    openid: format!("o{:027}", i / 4),
+                    age_ms: 1234,
+                    text: "结果\n".repeat(300),
+                })
+                .collect(),
+            ..Saved::now()
+        };
+        let dir = temp_dir("fullest");
+        let path = path_in(&dir);
+        save(&path, &saved).unwrap();
+        assert_eq!(take(&path).unwrap(), Some(saved));
+    }
+
+    #[test]
+    fn a_leftover_temporary_file_is_neither_reused_nor_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("leftover-tmp");
+        let path = path_in(&dir);
+        let tmp = path.with_extension("state.tmp");
+        // World-readable, or a link to another file: a new file is made all the same.
+        fs::write(&tmp, "old").unwrap();
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o666)).unwrap();
+        save(&path, &sample()).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let victim = dir.join("victim");
+        fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        save(&path, &sample()).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        // A crash between writing and renaming leaves it; the next start deletes it.
+        fs::write(&tmp, "answers").unwrap();
+        assert!(take(&path).unwrap().is_some());
+        assert!(!tmp.exists());
     }
 
     #[test]

@@ -198,6 +198,65 @@ fn a_state_file_wxmp_cannot_read_is_reported_and_the_server_starts_empty() {
 }
 
 #[test]
+fn a_fifo_where_the_state_should_be_does_not_hold_up_the_start() {
+    // Opening a FIFO waits for a writer: the start would hang after binding its port, deaf
+    // even to SIGTERM.
+    let dir = site("restart-fifo", "", &[]);
+    std::fs::create_dir_all(dir.join("log")).unwrap();
+    let path = std::ffi::CString::new(state_file(&dir).to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let w = serve(&dir);
+    assert!(
+        w.wait_for_log("wxmp.state: not a regular file; starting without the last stop's state"),
+        "{}",
+        w.stderr()
+    );
+    assert_text_reply(&w.post_signed(&text("oUser", "hi")), "oUser", DEFAULT_REPLY);
+    stop(w);
+}
+
+#[test]
+fn a_full_retry_table_hands_on_its_newest_answers() {
+    // 260 answers of ~2 KiB fill the table's byte budget; the last message's answer is the one
+    // whose retries are still to come, and the next process must have it.
+    let long = "x".repeat(2000);
+    let dir = site(
+        "restart-full-table",
+        &format!(
+            "[[command]]\nname = \"长\"\nreply = \"{long}\"\n\
+             [[command]]\nname = \"计数\"\nexec = [\"./count.sh\"]"
+        ),
+        &[(
+            "count.sh",
+            &format!("echo run >> runs.txt\necho \"run $(wc -l < runs.txt) {long}\""),
+        )],
+    );
+    let w = serve(&dir);
+    for _ in 0..260 {
+        assert_eq!(w.post_signed(&text("oUser", "长")).status, 200);
+    }
+    // As long as the others: the table is over its budget until the next claim makes room.
+    let message = text("oUser", "计数");
+    let first = w.post_signed(&message);
+    assert!(first.body.contains("run 1 x"), "{first:?}");
+    stop(w);
+    let w = serve(&dir);
+    assert!(
+        w.wait_for_log("carried on from the last stop"),
+        "{}",
+        w.stderr()
+    );
+    assert!(w.stderr().contains("; 0 too old to keep"), "{}", w.stderr());
+    assert_eq!(w.post_signed(&message).body, first.body);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("runs.txt")).unwrap(),
+        "run\n"
+    );
+    stop(w);
+}
+
+#[test]
 fn a_stop_with_nothing_to_hand_on_writes_no_state() {
     let dir = site("restart-empty", "", &[]);
     let w = serve(&dir);
