@@ -63,6 +63,7 @@ sleep 1
 verify=$(./wxmp send --verify) || fail "send --verify: $verify"
 [[ $verify == OK* ]] || fail "send --verify: $verify"
 [ "$(./wxmp send hello)" = "对不起，我没有看懂你的信息~" ] || fail "send hello"
+[ "$(systemctl show -p TasksMax --value wxmp)" = 4096 ] || fail "TasksMax"
 echo "ok: installed as the README says, started, verified, answered"
 sed -i "s/^default = .*/default = \"reloaded\"/" wxmp.toml
 grep "^default = \"reloaded\"" wxmp.toml >/dev/null || fail "no [reply] default in the first-run wxmp.toml"

@@ -98,7 +98,15 @@ pub fn tune_allocator() -> bool {
     {
         // SAFETY: mallopt only sets allocator parameters; M_MXFAST = 0 is documented to turn
         // fastbins off, and glibc applies it under its own locks.
-        unsafe { libc::mallopt(libc::M_MXFAST, 0) == 1 }
+        // M_MMAP_THRESHOLD fixed at glibc's default (128 KiB) also turns off its dynamic
+        // threshold: otherwise the first freed mmap'd block of up to 32 MiB (tiny_http's drain
+        // of a refused body, `EqualReader::drop`, allocates the announced rest at once) raises
+        // the threshold to its size, and every later drain of a body up to DRAIN_LIMIT is
+        // calloc'ed, zeroed and kept in a thread arena: 32 such POSTs left ~500 MB resident.
+        unsafe {
+            libc::mallopt(libc::M_MXFAST, 0) == 1
+                && libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10) == 1
+        }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
@@ -338,8 +346,19 @@ impl Server {
         crate::exec::stop_all(Duration::from_millis(500));
         self.app.stopping.store(true, Ordering::SeqCst);
         self.http.unblock();
+        // Not a plain join: a worker blocked for good (writing to a client that reads nothing,
+        // reading a body that never comes) would hold this stop forever, and the stop is how
+        // the watchdog's verdict on a wedged server becomes a restart.
+        let workers_by = Instant::now() + Duration::from_secs(2);
         for w in self.workers {
-            let _ = w.join();
+            while !w.is_finished() && Instant::now() < workers_by {
+                thread::sleep(Duration::from_millis(20));
+            }
+            if w.is_finished() {
+                let _ = w.join();
+            } else {
+                warn!("shutdown: a worker is still blocked, leaving it");
+            }
         }
         snapshot(&self.app)
     }
@@ -972,9 +991,21 @@ fn read_body(req: &mut Request) -> Result<String, (u16, String)> {
             ));
         }
     }
+    // The announced length bounds the read: with `Connection: upgrade` tiny_http hands over the
+    // raw socket, which only ends when the client (a proxy waiting for this answer) hangs up.
+    // Without a length only a chunked body has an end of its own.
+    let chunked = req
+        .headers()
+        .iter()
+        .any(|h| h.field.equiv("Transfer-Encoding"));
+    let limit = match req.body_length() {
+        Some(n) => n as u64,
+        None if chunked => MAX_BODY as u64 + 1,
+        None => 0,
+    };
     let mut buf = Vec::with_capacity(req.body_length().unwrap_or(1024).min(MAX_BODY));
     req.as_reader()
-        .take(MAX_BODY as u64 + 1)
+        .take(limit)
         .read_to_end(&mut buf)
         .map_err(|e| (400, format!("reading the body failed: {e}")))?;
     if buf.len() > MAX_BODY {

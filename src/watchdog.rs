@@ -79,6 +79,24 @@ pub fn probe(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
     }
 }
 
+/// How often the watchdog checks that its own port still has a listener (a connect, no request).
+const LISTENER_LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether connecting to `addr` is refused, twice 100 ms apart: no socket listens there any more.
+/// (Linux drops, not refuses, a SYN to a full accept queue unless tcp_abort_on_overflow is set.)
+pub fn listener_gone(addr: SocketAddr) -> bool {
+    let refused = || {
+        matches!(
+            TcpStream::connect_timeout(&addr, Duration::from_secs(1)),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        )
+    };
+    refused() && {
+        thread::sleep(Duration::from_millis(100));
+        refused()
+    }
+}
+
 /// A background thread probing `addr` every `interval`; after `failures` failed probes in a row
 /// it records why in the returned slot. Stops when `stop` is set.
 pub fn spawn(
@@ -94,7 +112,21 @@ pub fn spawn(
         .spawn(move || {
             let mut failed = 0;
             let mut next = Instant::now() + interval;
+            let mut next_look = Instant::now() + LISTENER_LOOK_EVERY;
             while !stop.load(Ordering::SeqCst) {
+                if Instant::now() >= next_look {
+                    next_look = Instant::now() + LISTENER_LOOK_EVERY;
+                    // A refused connect to our own port: the listener is closed (tiny_http's
+                    // accept thread ended, e.g. it panicked when a thread or an fd could not
+                    // be had). Nothing brings it back: say so now, not 3 intervals later.
+                    if listener_gone(addr) {
+                        *out.lock().unwrap_or_else(PoisonError::into_inner) = Some(format!(
+                            "{addr} refuses connections: the accept loop ended (a panic in \
+                             tiny_http's accept thread, see stderr)"
+                        ));
+                        return;
+                    }
+                }
                 if Instant::now() < next {
                     thread::sleep(Duration::from_millis(100));
                     continue;
