@@ -194,6 +194,18 @@ impl Nginx {
 
     /// With `tls` = (cert, key): the shipped file with its TLS lines, on a free port.
     fn start_with(upstream: SocketAddr, tls: Option<(&Path, &Path)>) -> Nginx {
+        let snippet = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx.conf"),
+        )
+        .expect("read deploy/nginx.conf");
+        Nginx::start_server(|port| match tls {
+            Some((cert, key)) => adapt_tls(&snippet, port, upstream, cert, key),
+            None => adapt(&snippet, port, upstream),
+        })
+    }
+
+    /// nginx with the `server` block `server(port)` makes for a free port.
+    fn start_server(server: impl Fn(u16) -> String) -> Nginx {
         let bin = nginx_binary();
         let version = Command::new(&bin).arg("-V").output().unwrap_or_else(|e| {
             panic!(
@@ -203,10 +215,6 @@ impl Nginx {
             )
         });
         let build = String::from_utf8_lossy(&version.stderr).to_string();
-        let snippet = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx.conf"),
-        )
-        .expect("read deploy/nginx.conf");
         let mut last_error = String::new();
         for _ in 0..5 {
             let dir = temp_dir("nginx");
@@ -227,10 +235,7 @@ impl Nginx {
                 pid = dir.join("nginx.pid").display(),
                 log = dir.join("error.log").display(),
                 access = dir.join("access.log").display(),
-                server = match tls {
-                    Some((cert, key)) => adapt_tls(&snippet, port, upstream, cert, key),
-                    None => adapt(&snippet, port, upstream),
-                },
+                server = server(port),
             );
             std::fs::write(dir.join("nginx.conf"), &conf).unwrap();
             let mut child = Command::new(&bin)
@@ -392,6 +397,51 @@ fn signed_message_through_nginx_is_answered_and_logged_with_the_real_client_addr
         nginx.error_log()
     );
     assert!(!w.stderr().contains("203.0.113.9 oNginx"));
+}
+
+/// A reverse proxy made by a panel's form (Baota's 反向代理 among them) or copied from a
+/// WebSocket guide sends every request with `Connection: upgrade`.
+fn websocket_style_proxy(port: u16, upstream: SocketAddr) -> String {
+    format!(
+        "server {{\n    listen 127.0.0.1:{port};\n    server_name _;\n\
+         location ^~ /wx/ {{\n\
+             proxy_pass http://{upstream}/;\n\
+             proxy_set_header Host $host;\n\
+             proxy_set_header X-Real-IP $remote_addr;\n\
+             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+             proxy_set_header REMOTE-HOST $remote_addr;\n\
+             proxy_set_header Upgrade $http_upgrade;\n\
+             proxy_set_header Connection \"upgrade\";\n\
+             proxy_http_version 1.1;\n\
+         }}\n}}\n"
+    )
+}
+
+#[test]
+fn a_websocket_style_proxy_gets_its_answers_at_once() {
+    // tiny_http hands such a request's raw connection over as its body: read to its end, the
+    // message waited until nginx gave up (504 after proxy_read_timeout, 60 s by default).
+    let w = Wxmp::start("");
+    let upstream = w.addr;
+    let nginx = Nginx::start_server(|port| websocket_style_proxy(port, upstream));
+    for i in 0..3 {
+        let body = text("oPanel", &format!("面板 {i}"));
+        let head = format!(
+            "POST {} HTTP/1.1\r\nHost: example.com\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n",
+            signed_query("/wx/", TOKEN),
+            body.len()
+        );
+        let started = Instant::now();
+        let r = request_from(Ipv4Addr::LOCALHOST, &nginx, &head, body.as_bytes());
+        assert_text_reply(&r, "oPanel", DEFAULT_REPLY);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}; nginx log:\n{}",
+            started.elapsed(),
+            nginx.error_log()
+        );
+    }
 }
 
 #[test]
