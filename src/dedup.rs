@@ -760,6 +760,11 @@ mod tests {
             "exactly the budget"
         );
         assert_eq!((d.len(), d.bytes()), (2, 10));
+        let one: Dedup<String> = Dedup::with_budget(Duration::from_secs(30), 2, 5);
+        assert!(
+            one.restore("x", Duration::ZERO, 1, "12345".into()),
+            "exactly the whole budget fits"
+        );
         let full: Dedup<String> = Dedup::with_budget(Duration::from_secs(30), 2, 100);
         for k in ["1", "2", "3"] {
             assert!(full.restore(k, Duration::ZERO, 1, k.into()));

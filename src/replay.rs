@@ -178,12 +178,16 @@ impl Ledger {
 
     /// Remembers `entries` (from [`Ledger::entries`] of an earlier process, each with the time
     /// since its URL's first use as of now), oldest first, as if their URLs had been recorded in
-    /// that order; a URL already known keeps what it carried.
-    pub fn restore(&self, entries: &[(u64, u64, Duration)]) {
+    /// that order; a URL already known keeps what it carried. Those first used over
+    /// [`URLS_OUTLIVE`] ago are left out (stale anyway). Returns how many were taken.
+    pub fn restore(&self, entries: &[(u64, u64, Duration)]) -> usize {
         let now = Instant::now();
-        for &(url, message, age) in entries {
+        let mut taken = 0;
+        for &(url, message, age) in entries.iter().filter(|e| e.2 <= URLS_OUTLIVE) {
             self.note(url, message, age, now);
+            taken += 1;
         }
+        taken
     }
 
     /// How many URLs have been recorded (restored ones included): it grows with every new one,
@@ -309,18 +313,22 @@ mod tests {
         // A chain of quick restarts must not carry a spent URL for ever: once it is stale by
         // its timestamp, the next process has no use for it.
         let ledger = Ledger::default();
-        ledger.restore(&[
+        let taken = ledger.restore(&[
             (1, 2, URLS_OUTLIVE - Duration::from_secs(5)),
             (3, 4, URLS_OUTLIVE + Duration::from_secs(1)),
             (5, 6, Duration::from_secs(3600)),
         ]);
+        assert_eq!(taken, 1);
+        assert_eq!(ledger.len(), 1);
+        // One that ages past its life here is no longer saved either.
+        let now = Instant::now();
+        if let Some(then) = now.checked_sub(Duration::from_secs(5)) {
+            ledger.note(7, 8, URLS_OUTLIVE - Duration::from_secs(1), then);
+        }
         let entries = ledger.entries();
         assert_eq!(entries.len(), 1, "{entries:?}");
         assert_eq!((entries[0].0, entries[0].1), (1, 2));
         assert!(entries[0].2 >= URLS_OUTLIVE - Duration::from_secs(5));
-        // Still remembered here, as spent.
-        assert_eq!(ledger.record_raw(5, 6), Seen::Spent);
-        assert_eq!(ledger.record_raw(3, 4), Seen::Spent);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::crypto::{self, CryptoError, MsgCrypt};
 use crate::dedup::{Claim, Dedup, Repeat, Ticket};
 use crate::message::{self, Message};
 use crate::pending::{self, Pending};
-use crate::replay::{Ledger, Seen, URLS_OUTLIVE};
+use crate::replay::{Ledger, Seen};
 use crate::reply::Reply;
 use crate::router::{Handler, Route};
 use crate::signature;
@@ -90,9 +90,10 @@ const AGE_MEANINGFUL: u64 = 60;
 /// on another, each of glibc's 16 arenas kept scattered pages alive: without fastbins peak RSS
 /// under the benchmark's load is ~1 MiB lower (largest row 10.4-10.5 -> 9.0-9.1 MiB, a
 /// connection per request) at the same CPU per message (glibc's per-thread cache still serves
-/// small requests; docs/benchmarks.md). Returns whether the allocator took the setting; a no-op
-/// (`false`) on other C libraries, such as the static musl build, whose allocator has no
-/// fastbins.
+/// small requests; docs/benchmarks.md). It also fixes the mmap threshold at 128 KiB, glibc's
+/// default, which turns off its dynamic threshold (see the comment inside). Returns whether the
+/// allocator took both settings; a no-op (`false`) on other C libraries, such as the static
+/// musl build, whose allocator has neither.
 pub fn tune_allocator() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -103,10 +104,10 @@ pub fn tune_allocator() -> bool {
         // of a refused body, `EqualReader::drop`, allocates the announced rest at once) raises
         // the threshold to its size, and every later drain of a body up to DRAIN_LIMIT is
         // calloc'ed, zeroed and kept in a thread arena: 32 such POSTs left ~500 MB resident.
-        unsafe {
-            libc::mallopt(libc::M_MXFAST, 0) == 1
-                && libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10) == 1
-        }
+        let fastbins_off = unsafe { libc::mallopt(libc::M_MXFAST, 0) == 1 };
+        // SAFETY: as above; M_MMAP_THRESHOLD takes a size in bytes.
+        let threshold_fixed = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10) == 1 };
+        fastbins_off && threshold_fixed
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
@@ -432,19 +433,13 @@ fn restore(app: &App, saved: &Saved) {
     }
     let (urls, bad_urls) = saved.url_entries();
     bad += bad_urls;
-    // A signed URL is good for MAX_CLOCK_SKEW either side of its timestamp: past twice that
-    // since the save, every saved one is refused as stale anyway.
-    let urls_restored = if saved.age_at(0, now) <= URLS_OUTLIVE {
-        let dated: Vec<(u64, u64, Duration)> = urls
-            .iter()
-            .map(|&(url, message, age_ms)| (url, message, saved.age_at(age_ms, now)))
-            .collect();
-        app.urls.restore(&dated);
-        urls.len()
-    } else {
-        stale += urls.len();
-        0
-    };
+    let dated: Vec<(u64, u64, Duration)> = urls
+        .iter()
+        .map(|&(url, message, age_ms)| (url, message, saved.age_at(age_ms, now)))
+        .collect();
+    // A URL first used too long ago to be valid any more is left out as stale.
+    let urls_restored = app.urls.restore(&dated);
+    stale += urls.len() - urls_restored;
     for l in &saved.late {
         let age = saved.age_at(l.age_ms, now);
         if app.pending.restore_late(&l.openid, age, l.text.clone()) {

@@ -208,11 +208,9 @@ fn encode(saved: &Saved, out: &mut impl Write) -> Result<(), String> {
 pub fn save(path: &Path, saved: &Saved) -> Result<(), String> {
     let tmp = path.with_extension("state.tmp");
     let write = || -> io::Result<()> {
-        // Never reuse a file already there: its mode, owner or symlink would be kept.
-        match fs::remove_file(&tmp) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        // Never reuse a file already there: its mode, owner or symlink would be kept. What
+        // cannot be removed (a folder in the way) makes `create_new` below fail.
+        let _ = fs::remove_file(&tmp);
         let mut options = fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]

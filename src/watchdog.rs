@@ -98,7 +98,9 @@ pub fn listener_gone(addr: SocketAddr) -> bool {
 }
 
 /// A background thread probing `addr` every `interval`; after `failures` failed probes in a row
-/// it records why in the returned slot. Stops when `stop` is set.
+/// it records why in the returned slot. Every [`LISTENER_LOOK_EVERY`] it also checks that the
+/// port still takes connections ([`listener_gone`]), and records a closed one at once. Stops
+/// when `stop` is set.
 pub fn spawn(
     addr: SocketAddr,
     interval: Duration,

@@ -7,9 +7,8 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -47,29 +46,14 @@ fn message(addr: SocketAddr) -> Option<u16> {
         .and_then(|c| c.parse().ok())
 }
 
-/// wxmp (`serve`) in a fresh folder with its open-file limit set to `nofile`, killed on drop.
-struct Limited {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Limited {
-    fn start(nofile: u64) -> Limited {
-        use std::os::unix::process::CommandExt;
-        let dir = config_dir("limited", "");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxmp"));
-        cmd.args(["serve", "--config", "wxmp.toml"])
-            .current_dir(&dir)
-            .env_remove("WXMP_TOKEN")
-            .env_remove("WXMP_LISTEN")
-            .env_remove("WXMP_LOG_DIR")
-            .env_remove("WXMP_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // SAFETY: setrlimit is async-signal-safe and the closure allocates nothing.
+/// wxmp (`serve`) in a fresh folder with its open-file limit set to `nofile`.
+fn start_limited(nofile: u64) -> Wxmp {
+    let dir = config_dir("limited", "");
+    Wxmp::start_prepared(&dir, &["serve", "--config", "wxmp.toml"], &[], |cmd| {
+        // SAFETY: runs in the child between fork and exec; setrlimit is async-signal-safe and
+        // the closure allocates nothing.
         unsafe {
-            cmd.pre_exec(move || {
+            std::os::unix::process::CommandExt::pre_exec(cmd, move || {
                 let rl = libc::rlimit {
                     rlim_cur: nofile as libc::rlim_t,
                     rlim_max: nofile as libc::rlim_t,
@@ -78,44 +62,9 @@ impl Limited {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
-            });
-        }
-        let mut child = cmd.spawn().expect("start wxmp");
-        let err = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split(" listening on ").nth(1) {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("listening")
-            .parse()
-            .expect("address");
-        Limited { child, addr }
-    }
-
-    /// Waits up to `limit` for the exit; the exit code if it came.
-    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let end = Instant::now() + limit;
-        while Instant::now() < end {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st.code().unwrap_or(-1));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Limited {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            })
+        };
+    })
 }
 
 /// When tiny_http's accept thread panics (at the fd limit `try_clone` fails after `accept`
@@ -127,7 +76,7 @@ impl Drop for Limited {
 fn a_dead_accept_loop_ends_wxmp_within_seconds() {
     let _g = serial();
     for nofile in [64, 65, 66, 67] {
-        let mut w = Limited::start(nofile);
+        let mut w = start_limited(nofile);
         let mut held = Vec::new();
         let mut refused_at = None;
         for _ in 0..200 {
@@ -163,7 +112,7 @@ fn a_dead_accept_loop_ends_wxmp_within_seconds() {
 #[test]
 fn the_watchdogs_exit_is_not_held_by_a_blocked_worker() {
     let _g = serial();
-    let mut w = Limited::start(4096);
+    let mut w = start_limited(4096);
     let s = {
         let sock = socket_with_small_rcvbuf(w.addr);
         sock.set_nonblocking(true).unwrap();

@@ -176,6 +176,20 @@ impl Wxmp {
         }
     }
 
+    /// Waits up to `limit` for the process to exit on its own: its exit code (-1 when a signal
+    /// ended it), or `None` if it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// Sends a signal to the process.
     pub fn signal(&self, sig: i32) {
         if let Some(child) = &self.child {
