@@ -440,19 +440,31 @@ mod tests {
         }
     }
 
+    /// A state whose `urls` list repeats `entry` until the file is over `over` bytes.
+    fn urls_file(entry: &str, over: usize) -> String {
+        let mut text = String::from("version = 1\nsaved_at_ms = 5\nurls = [\n");
+        while text.len() <= over {
+            text.push_str(entry);
+        }
+        text.push_str("]\n");
+        text
+    }
+
+    /// Writes `text` at `path` and checks that `take` refuses it saying `says`, and deletes it.
+    fn assert_refused(path: &Path, text: &str, says: &str) {
+        fs::write(path, text).unwrap();
+        let err = take(path).unwrap_err();
+        assert!(err.contains(says), "{err}");
+        assert!(!path.exists());
+    }
+
     #[test]
     fn an_oversized_file_is_not_parsed() {
         let dir = temp_dir("big");
         let path = path_in(&dir);
-        let mut text = String::from("version = 1\nsaved_at_ms = 5\nurls = [\n");
-        while text.len() as u64 <= MAX_BYTES {
-            text.push_str("\"0000000000000000:0000000000000000\",\n");
-        }
-        text.push_str("]\n");
-        fs::write(&path, &text).unwrap();
-        let err = take(&path).unwrap_err();
-        assert!(err.contains("over 32 MiB"), "{err}");
-        assert!(!path.exists());
+        let max = usize::try_from(MAX_BYTES).unwrap();
+        let entry = "\"0000000000000000:0000000000000000\",\n";
+        assert_refused(&path, &urls_file(entry, max), "over 32 MiB");
         // Exactly the limit is read.
         let mut text = toml::to_string(&Saved::now()).unwrap();
         text.push('#');
@@ -469,16 +481,8 @@ mod tests {
         // Parsing costs ~150 bytes a value: 8 MiB of `"",` would take ~450 MiB (a 32 MiB file
         // 1.7 GB). Counted as tokens first, it is refused without building anything.
         let dir = temp_dir("tiny-values");
-        let path = path_in(&dir);
-        let mut text = String::from("version = 1\nsaved_at_ms = 5\nurls = [");
-        while text.len() < 8 << 20 {
-            text.push_str("\"\",");
-        }
-        text.push_str("]\n");
-        fs::write(&path, &text).unwrap();
-        let err = take(&path).unwrap_err();
-        assert!(err.contains("TOML tokens, more than wxmp writes"), "{err}");
-        assert!(!path.exists());
+        let text = urls_file("\"\",", 8 << 20);
+        assert_refused(&path_in(&dir), &text, "TOML tokens, more than wxmp writes");
     }
 
     #[test]
