@@ -19,14 +19,15 @@ for tool in debootstrap systemd-nspawn; do
     command -v "$tool" >/dev/null || { echo "needs $tool: apt-get install -y debootstrap systemd-container" >&2; exit 2; }
 done
 if [ ! -x "$ROOTFS/usr/bin/systemctl" ]; then
-    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,procps bookworm "$ROOTFS" \
+    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,procps,curl bookworm "$ROOTFS" \
         http://deb.debian.org/debian
 fi
 # A fresh /opt/wxmp each run, as on a new VPS.
 rm -rf "$ROOTFS/opt/wxmp" "$ROOTFS/etc/systemd/system/wxmp.service" \
-    "$ROOTFS/etc/systemd/system/multi-user.target.wants/wxmp.service"
+    "$ROOTFS/etc/systemd/system/multi-user.target.wants/wxmp.service" \
+    "$ROOTFS/etc/systemd/system/wxmp.socket" "$ROOTFS/etc/systemd/system/sockets.target.wants/wxmp.socket"
 install -m 755 "$BIN" "$ROOTFS/root/wxmp-x86_64-linux"
-cp deploy/wxmp.service "$ROOTFS/root/"
+cp deploy/wxmp.service deploy/wxmp.socket "$ROOTFS/root/"
 # --register=no --keep-unit: no machined or host systemd needed; the host's network is shared,
 # so port 8880 must be free.
 systemd-nspawn -D "$ROOTFS" -b --register=no --keep-unit --machine "$MACHINE" >/tmp/$MACHINE.console 2>&1 &
@@ -90,6 +91,26 @@ journal=$(journalctl -u wxmp --no-pager -o cat)
 [[ $journal == *"carried on from the last checkpoint"* ]] || fail "no checkpoint taken"
 [ "$(./wxmp send hello)" = "reloaded" ] || fail "after the restart"
 echo "ok: restarted after kill -9, carried on from its checkpoint"
-systemctl stop wxmp
+# Connections during a restart: GET /healthz in a loop for 3 s, `systemctl restart` in the middle.
+load() {
+    local ok=0 bad=0 end=$((SECONDS + 3))
+    while [ $SECONDS -lt $end ]; do
+        if [ "$(curl -s -m 5 http://127.0.0.1:8880/healthz)" = ok ]; then ok=$((ok + 1)); else bad=$((bad + 1)); fi
+    done
+    echo "$bad $ok"
+}
+load >/root/load.out & sleep 1; systemctl restart wxmp; wait
+read -r bad ok </root/load.out
+echo "ok: without wxmp.socket, a restart under load: $bad of $((bad + ok)) connections refused"
+cp /root/wxmp.socket /etc/systemd/system/ && systemctl daemon-reload
+systemctl stop wxmp && systemctl enable --now wxmp.socket && systemctl start wxmp; sleep 1
+journal=$(journalctl -u wxmp --no-pager -o cat -n 5)
+[[ $journal == *"socket; \`listen\` is not used)"* ]] || fail "wxmp did not take the socket"
+[ "$(./wxmp send hello)" = "reloaded" ] || fail "send through the socket"
+load >/root/load.out & sleep 1; systemctl restart wxmp; wait
+read -r bad ok </root/load.out
+[ "$bad" = 0 ] || fail "with wxmp.socket, $bad of $((bad + ok)) connections failed during a restart"
+echo "ok: with wxmp.socket, a restart under load: 0 of $ok connections failed"
+systemctl stop wxmp wxmp.socket
 '
 echo "verify-systemd: all checks passed ($(nsenter -t "$INIT" -a systemctl --version | head -1))"

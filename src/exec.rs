@@ -53,7 +53,8 @@ pub struct Job {
     pub program: PathBuf,
     /// The arguments, each passed as one argv item whatever it holds.
     pub args: Vec<String>,
-    /// Variables added to the environment (wxmp's own `WXMP_*` variables are removed first).
+    /// Variables added to the environment (wxmp's own `WXMP_*` variables, and systemd's
+    /// `LISTEN_*` ones, are removed first).
     pub env: Vec<(String, String)>,
     /// The working directory.
     pub dir: PathBuf,
@@ -308,7 +309,8 @@ fn run_unmarked(job: &Job) -> Output {
         .stderr(Stdio::piped())
         .process_group(0);
     for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("WXMP_") {
+        let name = k.to_string_lossy();
+        if name.starts_with("WXMP_") || crate::activation::VARIABLES.contains(&&*name) {
             cmd.env_remove(k);
         }
     }

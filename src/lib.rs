@@ -7,8 +7,10 @@
 //! [`server`] ties them to a tiny_http recv loop. [`command`] checks the `[[command]]` tables,
 //! [`router`] answers with them, [`exec`] runs their programs and [`pending`] keeps results
 //! that missed WeChat's last try for the user's next message; [`state`] hands all of it from a
-//! stopping process to the next; [`watchdog`] and [`strands`] keep tiny_http answering.
+//! stopping process to the next; [`watchdog`] and [`strands`] keep tiny_http answering;
+//! [`activation`] takes the listening socket systemd keeps open across restarts.
 
+pub mod activation;
 pub mod command;
 pub mod config;
 pub mod crypto;

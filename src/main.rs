@@ -185,11 +185,15 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let source = if server.from_systemd() {
+        "systemd's socket; `listen` is not used".to_string()
+    } else {
+        format!("configured {}", started.listen)
+    };
     log::info!(
-        "wxmp {} listening on {} (configured {}), WeChat path {}, config {}",
+        "wxmp {} listening on {} ({source}), WeChat path {}, config {}",
         env!("CARGO_PKG_VERSION"),
         server.addr(),
-        started.listen,
         started.path,
         path.display()
     );

@@ -203,10 +203,12 @@ pub struct Server {
     http: Arc<tiny_http::Server>,
     workers: Vec<JoinHandle<()>>,
     addr: SocketAddr,
+    from_systemd: bool,
 }
 
 impl Server {
-    /// Binds `config.listen` and starts the recv loop on `config.workers` threads.
+    /// Binds `config.listen` (or takes the socket systemd passed, [`crate::activation`]) and
+    /// starts the recv loop on `config.workers` threads.
     pub fn start(config: Config, handler: Arc<dyn Handler>) -> Result<Server, String> {
         Server::start_with_state(config, handler, || None)
     }
@@ -221,7 +223,15 @@ impl Server {
         handler: Arc<dyn Handler>,
         saved: impl FnOnce() -> Option<Saved>,
     ) -> Result<Server, String> {
-        let listener = listen_nodelay(&config.listen)?;
+        let inherited = crate::activation::inherited()?;
+        let from_systemd = inherited.is_some();
+        let listener = match inherited {
+            Some(listener) => {
+                set_nodelay(&listener, "systemd's socket");
+                listener
+            }
+            None => listen_nodelay(&config.listen)?,
+        };
         let http = tiny_http::Server::from_listener(listener, None)
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let addr = http
@@ -266,7 +276,13 @@ impl Server {
             http,
             workers,
             addr,
+            from_systemd,
         })
+    }
+
+    /// Whether the socket came from systemd ([`crate::activation`]) rather than `listen`.
+    pub fn from_systemd(&self) -> bool {
+        self.from_systemd
     }
 
     /// A count that grows whenever something is answered, recorded or kept that the next
@@ -361,6 +377,12 @@ impl Server {
                 warn!("shutdown: a worker is still blocked, leaving it");
             }
         }
+        // The server goes at once, and its accept loop with it, before the state is written: a
+        // connection made after that is not accepted only to be dropped with the process. It
+        // waits in the socket's queue for the next process when systemd holds the socket
+        // (`crate::activation`), or is refused. (Nothing is answered here on this thread: one
+        // client that reads no answers would hold the stop, as it can hold a worker.)
+        drop(self.http);
         snapshot(&self.app)
     }
 }
@@ -509,9 +531,16 @@ fn warm_connection(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpSt
 /// through a 1 KiB buffer, so a reply over ~1 KiB leaves in two sends; with Nagle's algorithm
 /// the second waits for the client's delayed ACK: 40 ms per reply on a kept-alive connection.
 fn listen_nodelay(listen: &str) -> Result<std::net::TcpListener, String> {
-    use std::os::fd::AsRawFd;
     let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    set_nodelay(&listener, listen);
+    Ok(listener)
+}
+
+/// Sets `TCP_NODELAY` on `listener` (see [`listen_nodelay`]); warns, naming it `what`, when
+/// that fails.
+fn set_nodelay(listener: &std::net::TcpListener, what: &str) {
+    use std::os::fd::AsRawFd;
     let on: libc::c_int = 1;
     // SAFETY: a valid socket fd and an int option of the size we pass.
     let rc = unsafe {
@@ -525,11 +554,10 @@ fn listen_nodelay(listen: &str) -> Result<std::net::TcpListener, String> {
     };
     if rc != 0 {
         warn!(
-            "cannot set TCP_NODELAY on {listen}: {}; replies over 1 KiB may be delayed",
+            "cannot set TCP_NODELAY on {what}: {}; replies over 1 KiB may be delayed",
             std::io::Error::last_os_error()
         );
     }
-    Ok(listener)
 }
 
 /// How many idle threads to warm: `wanted`, or fewer when the open-file limit is low (each

@@ -257,6 +257,57 @@ fn a_full_retry_table_hands_on_its_newest_answers() {
 }
 
 #[test]
+fn a_listening_socket_from_systemd_is_used_and_not_handed_to_programs() {
+    // What a socket unit (deploy/wxmp.socket) does, by systemd's own tool: it listens, and runs
+    // wxmp in its place with the socket as fd 3 once a connection comes.
+    let dir = site(
+        "restart-activation",
+        "[[command]]\nname = \"env\"\nexec = [\"/bin/sh\", \"-c\", \"echo \
+         pid=${LISTEN_PID:-none} fds=${LISTEN_FDS:-none} sockets=$(ls -l /proc/$$/fd | grep -c \
+         socket)\"]",
+        &[],
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let first = std::thread::spawn({
+        let listen = listen.clone();
+        move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(&listen).is_err() {
+                assert!(Instant::now() < deadline, "nothing listens on {listen}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    });
+    let wxmp = env!("CARGO_BIN_EXE_wxmp");
+    let w = Wxmp::start_program(
+        "systemd-socket-activate",
+        &dir,
+        &["-l", &listen, wxmp, "serve", "--config", "wxmp.toml"],
+        &[],
+        |_| {},
+    );
+    first.join().unwrap();
+    assert_eq!(w.addr.port(), port, "{}", w.stderr());
+    assert!(
+        w.wait_for_log("(systemd's socket; `listen` is not used)"),
+        "{}",
+        w.stderr()
+    );
+    assert_text_reply(&w.post_signed(&text("oUser", "hi")), "oUser", DEFAULT_REPLY);
+    assert_text_reply(
+        &w.post_signed(&text("oUser", "env")),
+        "oUser",
+        "pid=none fds=none sockets=0",
+    );
+    stop(w);
+}
+
+#[test]
 fn a_stop_with_nothing_to_hand_on_writes_no_state() {
     let dir = site("restart-empty", "", &[]);
     let w = serve(&dir);

@@ -89,7 +89,19 @@ impl Wxmp {
         envs: &[(&str, &str)],
         prepare: impl FnOnce(&mut Command),
     ) -> Wxmp {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxmp"));
+        Wxmp::start_program(env!("CARGO_BIN_EXE_wxmp"), dir, args, envs, prepare)
+    }
+
+    /// Like [`Wxmp::start_prepared`], running `program` with `args`: a launcher that goes on to
+    /// run wxmp in its own place (such as `systemd-socket-activate`).
+    pub fn start_program(
+        program: &str,
+        dir: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        prepare: impl FnOnce(&mut Command),
+    ) -> Wxmp {
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .current_dir(dir)
             .stdin(Stdio::null())
