@@ -74,9 +74,13 @@ fn counted_then_stopped(tag: &str) -> (PathBuf, String, String, Resp) {
     (dir, message, url, first)
 }
 
-/// Stops `w` as systemd does and checks that it exited 0.
+/// Stops `w` as systemd does and checks that it exited 0, its workers done (none left behind).
 fn stop(w: Wxmp) {
+    let log = w.dir.join("log").join("wxmp.log");
     assert_eq!(w.terminate().code(), Some(0));
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(log.contains("[INFO ] wxmp: stopped"), "{log}");
+    assert!(!log.contains("a worker is still blocked"), "{log}");
 }
 
 #[test]
@@ -389,6 +393,11 @@ fn a_command_the_stop_cuts_short_runs_again_after_the_restart() {
     let (message, first) = fetch_in_background(&w, &dir);
     // The program outlives the 4 s grace: wxmp kills it and tells the waiting try so.
     stop(w);
+    let log = std::fs::read_to_string(dir.join("log").join("wxmp.log")).unwrap();
+    assert!(
+        log.contains("shutdown: 1 slow request(s) still running after 4s, leaving them"),
+        "{log}"
+    );
     the_next_process_runs_it_again(&dir, &message, first);
 }
 
