@@ -355,6 +355,61 @@ fn chunked_body_over_the_limit_is_413() {
     assert!(r.status == 413 || r.status == 400, "{r:?}");
 }
 
+/// A text message padded to exactly `len` bytes of XML.
+fn message_of_exactly(len: usize) -> String {
+    let bare = text("oEdge", "");
+    let pad = len - bare.len();
+    text("oEdge", &"a".repeat(pad))
+}
+
+/// `body` sent chunked (8 KiB chunks), for `Wxmp::request` with its own `Content-Length` left out.
+fn chunked(body: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for chunk in body.as_bytes().chunks(8192) {
+        out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+#[test]
+fn a_body_of_exactly_64_kib_is_read_and_one_byte_more_is_413_chunked_or_not() {
+    let w = Wxmp::start("");
+    let limit = wxmp::server::MAX_BODY;
+    let exact = message_of_exactly(limit);
+    assert_eq!(exact.len(), limit);
+    assert_text_reply(&w.post_signed(&exact), "oEdge", DEFAULT_REPLY);
+    let over = message_of_exactly(limit + 1);
+    assert_eq!(w.post_signed(&over).status, 413);
+    let te = [("Transfer-Encoding", "chunked"), ("Content-Length", "")];
+    let q = signed_query("/", TOKEN);
+    let r = w.request("POST", &q, &te, &chunked(&exact));
+    assert_text_reply(&r, "oEdge", DEFAULT_REPLY);
+    let q = signed_query("/", TOKEN);
+    let r = w.request("POST", &q, &te, &chunked(&over));
+    assert_eq!(r.status, 413, "{r:?}");
+}
+
+#[test]
+fn a_post_with_connection_upgrade_and_no_length_is_answered_at_once() {
+    // Neither a length nor chunks: the body is empty, whatever else the connection carries.
+    use std::io::{Read, Write};
+    let w = Wxmp::start("");
+    let mut s = std::net::TcpStream::connect(w.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        signed_query("/", TOKEN)
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let first = String::from_utf8_lossy(&buf[..n]);
+    assert!(first.starts_with("HTTP/1.1 400"), "{first:?}");
+}
+
 #[test]
 fn non_utf8_body_is_400() {
     let w = Wxmp::start("");
