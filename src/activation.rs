@@ -53,8 +53,8 @@ fn is_for_us(pid: Option<String>, fds: Option<String>, me: u32) -> Result<bool, 
     }
 }
 
-/// `Ok` when `fd` is a listening TCP socket (IPv4 or IPv6).
-fn check_listening_tcp(fd: RawFd) -> Result<(), String> {
+/// Whether `fd` is a listening TCP socket (IPv4 or IPv6).
+pub fn is_listening_tcp(fd: RawFd) -> bool {
     let int_option = |level, name| -> Option<libc::c_int> {
         let mut value: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -70,7 +70,12 @@ fn check_listening_tcp(fd: RawFd) -> Result<(), String> {
     let inet = named && matches!(i32::from(addr.ss_family), libc::AF_INET | libc::AF_INET6);
     let stream = int_option(libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM);
     let listening = int_option(libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(1);
-    if inet && stream && listening {
+    inet && stream && listening
+}
+
+/// `Ok` when `fd` is a listening TCP socket, else what to change in wxmp.socket.
+fn check_listening_tcp(fd: RawFd) -> Result<(), String> {
+    if is_listening_tcp(fd) {
         Ok(())
     } else {
         Err(format!(

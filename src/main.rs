@@ -207,6 +207,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
     }
     let watchdog = wxmp::watchdog::spawn(
         wxmp::watchdog::probe_addr(server.addr()),
+        server.listener_fd(),
         WATCHDOG_INTERVAL,
         WATCHDOG_FAILURES,
         Arc::clone(&stop),

@@ -204,6 +204,7 @@ pub struct Server {
     workers: Vec<JoinHandle<()>>,
     addr: SocketAddr,
     from_systemd: bool,
+    listener_fd: std::os::fd::RawFd,
 }
 
 impl Server {
@@ -232,6 +233,7 @@ impl Server {
             }
             None => listen_nodelay(&config.listen)?,
         };
+        let listener_fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
         let http = tiny_http::Server::from_listener(listener, None)
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let addr = http
@@ -277,7 +279,14 @@ impl Server {
             workers,
             addr,
             from_systemd,
+            listener_fd,
         })
+    }
+
+    /// The listening socket's fd, which tiny_http's accept thread owns and closes when it ends
+    /// ([`crate::watchdog::listener_gone`]).
+    pub fn listener_fd(&self) -> std::os::fd::RawFd {
+        self.listener_fd
     }
 
     /// Whether the socket came from systemd ([`crate::activation`]) rather than `listen`.

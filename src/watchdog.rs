@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -79,30 +80,25 @@ pub fn probe(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
     }
 }
 
-/// How often the watchdog checks that its own port still has a listener (a connect, no request).
+/// How often the watchdog checks that the server still holds its listening socket.
 const LISTENER_LOOK_EVERY: Duration = Duration::from_secs(1);
 
-/// Whether connecting to `addr` is refused, twice 100 ms apart: no socket listens there any more.
-/// (Linux drops, not refuses, a SYN to a full accept queue unless tcp_abort_on_overflow is set.)
-pub fn listener_gone(addr: SocketAddr) -> bool {
-    let refused = || {
-        matches!(
-            TcpStream::connect_timeout(&addr, Duration::from_secs(1)),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
-        )
-    };
-    refused() && {
-        thread::sleep(Duration::from_millis(100));
-        refused()
-    }
+/// Whether the listening socket the server was given as `fd` is gone: tiny_http's accept thread
+/// owns it, and closes it when it ends (an error, or a panic when a thread or an fd could not be
+/// had). Then `fd` is closed, or already the number of something else, which is not a listening
+/// TCP socket. Asking the fd rather than connecting to the port also works when systemd holds
+/// the socket (`crate::activation`): its queue takes connections whether wxmp accepts or not.
+pub fn listener_gone(fd: RawFd) -> bool {
+    !crate::activation::is_listening_tcp(fd)
 }
 
 /// A background thread probing `addr` every `interval`; after `failures` failed probes in a row
 /// it records why in the returned slot. Every [`LISTENER_LOOK_EVERY`] it also checks that the
-/// port still takes connections ([`listener_gone`]), and records a closed one at once. Stops
-/// when `stop` is set.
+/// server still holds its listening socket `listener` ([`listener_gone`]), and records a lost
+/// one at once. Stops when `stop` is set.
 pub fn spawn(
     addr: SocketAddr,
+    listener: RawFd,
     interval: Duration,
     failures: u32,
     stop: Arc<AtomicBool>,
@@ -118,13 +114,12 @@ pub fn spawn(
             while !stop.load(Ordering::SeqCst) {
                 if Instant::now() >= next_look {
                     next_look = Instant::now() + LISTENER_LOOK_EVERY;
-                    // A refused connect to our own port: the listener is closed (tiny_http's
-                    // accept thread ended, e.g. it panicked when a thread or an fd could not
-                    // be had). Nothing brings it back: say so now, not 3 intervals later.
-                    if listener_gone(addr) {
+                    // Nothing brings a lost listener back: say so now, not 3 intervals later
+                    // (no error reaches `recv` when tiny_http's accept thread panics).
+                    if listener_gone(listener) {
                         *out.lock().unwrap_or_else(PoisonError::into_inner) = Some(format!(
-                            "{addr} refuses connections: the accept loop ended (a panic in \
-                             tiny_http's accept thread, see stderr)"
+                            "the listening socket of {addr} is closed: the accept loop ended \
+                             (a panic in tiny_http's accept thread, see stderr)"
                         ));
                         return;
                     }
@@ -189,8 +184,11 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         drop(l);
+        // The server's own listening socket is still there: only the probes fail.
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&held);
         let stop = Arc::new(AtomicBool::new(false));
-        let verdict = spawn(addr, Duration::from_millis(50), 2, Arc::clone(&stop));
+        let verdict = spawn(addr, fd, Duration::from_millis(50), 2, Arc::clone(&stop));
         let deadline = Instant::now() + Duration::from_secs(5);
         while verdict.lock().unwrap().is_none() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(20));
