@@ -197,6 +197,15 @@ fn serve(path: &std::path::Path) -> ExitCode {
         started.path,
         path.display()
     );
+    if server.from_systemd() && started.listen.parse() != Ok(server.addr()) {
+        log::warn!(
+            "systemd's socket is {} but `listen` in {} is {}: set them alike, as `wxmp send` \
+             goes by `listen`",
+            server.addr(),
+            path.display(),
+            started.listen
+        );
+    }
     if !server.addr().ip().is_loopback() {
         log::warn!(
             "{} can be reached from other machines: wxmp's HTTP library cannot stop slow, huge \

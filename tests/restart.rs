@@ -302,6 +302,13 @@ fn a_listening_socket_from_systemd_is_used_and_not_handed_to_programs() {
         "{}",
         w.stderr()
     );
+    assert!(
+        w.wait_for_log(&format!(
+            "systemd's socket is {listen} but `listen` in wxmp.toml is 127.0.0.1:0: set them alike"
+        )),
+        "{}",
+        w.stderr()
+    );
     assert_text_reply(&w.post_signed(&text("oUser", "hi")), "oUser", DEFAULT_REPLY);
     assert_text_reply(
         &w.post_signed(&text("oUser", "env")),
