@@ -53,24 +53,14 @@ fn is_for_us(pid: Option<String>, fds: Option<String>, me: u32) -> Result<bool, 
     }
 }
 
-/// Whether `fd` is a listening TCP socket (IPv4 or IPv6).
+/// Whether `fd` is a listening TCP socket (IPv4 or IPv6: it has a local port).
 pub fn is_listening_tcp(fd: RawFd) -> bool {
-    let int_option = |level, name| -> Option<libc::c_int> {
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into the int we pass.
-        let rc = unsafe { libc::getsockopt(fd, level, name, (&raw mut value).cast(), &mut len) };
-        (rc == 0).then_some(value)
-    };
-    // SAFETY: sockaddr_storage is plain data, for which all zeroes is a valid value.
-    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: getsockname writes at most `len` bytes into the storage we pass.
-    let named = unsafe { libc::getsockname(fd, (&raw mut addr).cast(), &mut len) } == 0;
-    let inet = named && matches!(i32::from(addr.ss_family), libc::AF_INET | libc::AF_INET6);
-    let stream = int_option(libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM);
-    let listening = int_option(libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(1);
-    inet && stream && listening
+    // SAFETY: SO_ACCEPTCONN is an int.
+    let accepting: Option<libc::c_int> =
+        unsafe { crate::strands::sockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) };
+    crate::strands::is_stream(fd)
+        && crate::strands::local_port(fd).is_some()
+        && accepting == Some(1)
 }
 
 /// `Ok` when `fd` is a listening TCP socket, else what to change in wxmp.socket.

@@ -113,7 +113,11 @@ fn unread_bytes(fd: libc::c_int) -> Option<usize> {
 /// # Safety
 /// `T` must be the C type the option is (an integer or a plain struct), which is valid when
 /// all zero and for which a shorter answer from an older kernel leaves the rest zero.
-unsafe fn sockopt<T>(fd: libc::c_int, level: libc::c_int, name: libc::c_int) -> Option<T> {
+pub(crate) unsafe fn sockopt<T>(
+    fd: libc::c_int,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> Option<T> {
     // SAFETY: the caller promises all-zero bytes are a valid T.
     let mut value: T = unsafe { std::mem::zeroed() };
     let mut len = libc::socklen_t::try_from(std::mem::size_of::<T>()).ok()?;
@@ -123,7 +127,7 @@ unsafe fn sockopt<T>(fd: libc::c_int, level: libc::c_int, name: libc::c_int) -> 
 }
 
 /// Whether `fd` is a stream (TCP) socket, not a datagram one that may share the port number.
-fn is_stream(fd: libc::c_int) -> bool {
+pub(crate) fn is_stream(fd: libc::c_int) -> bool {
     // SAFETY: SO_TYPE is an int.
     let kind: Option<libc::c_int> = unsafe { sockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE) };
     kind == Some(libc::SOCK_STREAM)
@@ -138,7 +142,7 @@ fn since_data_received(fd: libc::c_int) -> Option<Duration> {
 }
 
 /// The local port of an IPv4 or IPv6 socket.
-fn local_port(fd: libc::c_int) -> Option<u16> {
+pub(crate) fn local_port(fd: libc::c_int) -> Option<u16> {
     // SAFETY: an all-zero sockaddr_storage is a valid value.
     let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
