@@ -341,11 +341,7 @@ fn body_over_64_kib_is_413_without_reading_it() {
 fn chunked_body_over_the_limit_is_413() {
     let w = Wxmp::start("");
     let q = signed_query("/", TOKEN);
-    let mut body = Vec::new();
-    for _ in 0..20 {
-        body.extend_from_slice(format!("{:x}\r\n{}\r\n", 8192, "a".repeat(8192)).as_bytes());
-    }
-    body.extend_from_slice(b"0\r\n\r\n");
+    let body = chunked(&"a".repeat(20 * 8192));
     let r = w.request(
         "POST",
         &q,

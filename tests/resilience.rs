@@ -18,15 +18,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn status_field(pid: u32, key: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A signed text message on a new connection: its status, or None when not answered in 2 s.
 fn message(addr: SocketAddr) -> Option<u16> {
     let body = text("oUser", "hi");
@@ -216,7 +207,7 @@ fn a_message_sent_with_connection_upgrade_is_answered_at_once() {
 fn refused_large_bodies_leave_no_resident_memory_behind() {
     let _g = serial();
     let w = Wxmp::start("");
-    let before = status_field(w.pid(), "VmRSS:");
+    let before = proc_status_field(w.pid(), "VmRSS").unwrap_or(0);
     let len: usize = 60 << 20;
     let clients: Vec<_> = (0..16)
         .map(|_| {
@@ -237,7 +228,7 @@ fn refused_large_bodies_leave_no_resident_memory_behind() {
         c.join().unwrap();
     }
     std::thread::sleep(Duration::from_secs(3));
-    let after = status_field(w.pid(), "VmRSS:");
+    let after = proc_status_field(w.pid(), "VmRSS").unwrap_or(0);
     eprintln!("RSS {before} kB -> {after} kB");
     assert!(after < before + 64 * 1024, "RSS {before} kB -> {after} kB");
     assert_eq!(message(w.addr), Some(200));

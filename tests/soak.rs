@@ -107,13 +107,6 @@ fn script(dir: &Path, name: &str, body: &str) {
 
 // ---------------------------------------------------------------- /proc readings
 
-fn proc_status_field(pid: u32, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
 #[derive(Clone, Copy, Debug)]
 struct Sample {
     secs: f64,

@@ -484,3 +484,11 @@ pub fn open_reply(crypt: &wxmp::crypto::MsgCrypt, body: &str) -> String {
         .verify_and_decrypt(&r.msg_signature, &r.timestamp, &r.nonce, &r.encrypt)
         .unwrap_or_else(|e| panic!("encrypted reply does not verify: {e}"))
 }
+
+/// A `Key:   value kB` line of `/proc/PID/status` (`key` without the colon): its number.
+pub fn proc_status_field(pid: u32, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
