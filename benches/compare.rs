@@ -719,6 +719,15 @@ const END: &str = "<!-- compare:end -->";
 fn write_doc(path: &Path, table: &str) -> Result<(), String> {
     let block = format!("{BEGIN}\n{table}{END}\n");
     let text = match fs::read_to_string(path) {
+        // A second pair (a table pasted in with its markers) would leave the file's reader
+        // unsure which table is the latest; say so rather than pick one.
+        Ok(old) if old.matches(BEGIN).count() > 1 || old.matches(END).count() > 1 => {
+            return Err(format!(
+                "{} holds the table markers more than once; keep one pair \
+                 (the latest table) and run again",
+                path.display()
+            ));
+        }
         Ok(old) => match (old.find(BEGIN), old.find(END)) {
             (Some(b), Some(e)) if b < e => {
                 format!(
