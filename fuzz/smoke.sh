@@ -20,11 +20,12 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 # All targets at once: release with debug assertions and overflow checks, 16 codegen units and
-# no sanitizer. The fuzzed paths (XML, crypto, config, query string) have no `unsafe`, so
-# AddressSanitizer finds nothing there that a panic would not; without it, and with 16 units
-# instead of cargo-fuzz's 1, the build takes ~70 s instead of ~150 s from clean on 2 cores and
-# each second runs 3-5 times as many inputs (measured 2026-12-02). docs/fuzzing.md's long runs
-# were made both with and without the sanitizer.
+# no sanitizer. wxmp's fuzzed code (XML, crypto, config, query string) has no `unsafe`, so
+# AddressSanitizer finds nothing there that a panic would not; the dependencies' `unsafe` (aes,
+# base64) had it in the long runs of docs/fuzzing.md (10 million inputs each for decrypt and
+# message_parse). Without it, and with 16 units instead of cargo-fuzz's 1, the build takes ~70 s
+# instead of ~150 s from clean on 2 cores and each second runs 3-5 times as many inputs
+# (measured 2026-12-02).
 build_flags=(--codegen-units 16 --sanitizer none)
 cargo +nightly fuzz build "${build_flags[@]}"
 
