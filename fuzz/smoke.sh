@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzz smoke run for CI: each cargo-fuzz target for a few seconds from the committed seeds.
 # Fails (non-zero exit) when a target crashes, panics, hangs or runs out of memory; the input is
-# left in fuzz/artifacts/<target>/ (reproduce: cargo +nightly fuzz run -s none <target> <that file>).
+# left in fuzz/artifacts/<target>/ (reproduce with the smoke run's build flags, so nothing is
+# rebuilt: cargo +nightly fuzz run --codegen-units 16 -s none <target> <that file>).
 # Long runs and their results: docs/fuzzing.md.
 #
 # Usage: fuzz/smoke.sh [SECONDS_PER_TARGET]   (default 15; four targets)
