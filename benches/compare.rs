@@ -776,7 +776,7 @@ fn report(rows: &[Row], opts: &Options, command: &str, started: &str, machine: &
         .filter(|r| r.reruns > 0)
         .map(|r| {
             format!(
-                "{} ({}): {}",
+                "{}, {}: {}",
                 r.kind.label(),
                 if r.new_conn {
                     "new per request"
