@@ -18,7 +18,7 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 /// How many messages are remembered at most: WeChat's tries of one message span ~15 s, so this
 /// keeps every message's answer for its retries up to ~68 new messages a second, far more than
 /// one account receives; past that the oldest answered ones go first. Each entry holds ~0.4 KiB
-/// (4,096 cost 1.2 MiB more peak RSS under load than 1,024: docs/benchmarks.md).
+/// (4,096 cost 1.2 MiB more peak RSS under load than 1,024: docs/benchmarks-history.md).
 pub const DEFAULT_CAPACITY: usize = 1024;
 
 /// How many bytes of answers are remembered at most: 512 KiB hold 1024 plain answers (~300 bytes

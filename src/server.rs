@@ -90,10 +90,10 @@ const AGE_MEANINGFUL: u64 = 60;
 /// on another, each of glibc's 16 arenas kept scattered pages alive: without fastbins peak RSS
 /// under the benchmark's load is ~1 MiB lower (largest row 10.4-10.5 -> 9.0-9.1 MiB, a
 /// connection per request) at the same CPU per message (glibc's per-thread cache still serves
-/// small requests; docs/benchmarks.md). It also fixes the mmap threshold at 128 KiB, glibc's
-/// default, which turns off its dynamic threshold (see the comment inside). Returns whether the
-/// allocator took both settings; a no-op (`false`) on other C libraries, such as the static
-/// musl build, whose allocator has neither.
+/// small requests; docs/benchmarks-history.md, "The allocator's fastbins"). It also fixes the
+/// mmap threshold at 128 KiB, glibc's default, which turns off its dynamic threshold (see the
+/// comment inside). Returns whether the allocator took both settings; a no-op (`false`) on
+/// other C libraries, such as the static musl build, whose allocator has neither.
 pub fn tune_allocator() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
