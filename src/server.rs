@@ -370,6 +370,11 @@ impl Server {
         // (What a program left running in the background after it exited is its own work,
         // README "Programs".) Their waiting tries are answered that the server is restarting.
         crate::exec::stop_all(Duration::from_millis(500));
+        // No connection is accepted from here on that the workers would not answer: with
+        // systemd's socket it waits in the socket's queue for the next process.
+        if let Err(e) = stop_accepting(self.listener_fd, self.addr) {
+            warn!("shutdown: {e}; a connection accepted during the stop may go unanswered");
+        }
         self.app.stopping.store(true, Ordering::SeqCst);
         self.http.unblock();
         // Not a plain join: a worker blocked for good (writing to a client that reads nothing,
@@ -393,6 +398,62 @@ impl Server {
         // client that reads no answers would hold the stop, as it can hold a worker.)
         drop(self.http);
         snapshot(&self.app)
+    }
+}
+
+/// How long a stop waits for tiny_http's accept loop to show it has left the listening socket.
+const ACCEPT_MOVES_WITHIN: Duration = Duration::from_secs(2);
+
+/// Takes the listening socket away from tiny_http's accept loop while the workers still answer.
+///
+/// tiny_http stops accepting only when its server is dropped, and its accept loop goes on taking
+/// connections until then (its wake-up connection even queues behind any real one). A connection
+/// taken after the workers are gone is answered 500 as the process exits, where with systemd's
+/// socket the next process would have served it: one per busy client per restart in
+/// `tests/restart.rs`, one in ~1,500 by hand through `systemctl restart`
+/// (docs/tiny_http-upstream.md, defect 8). So before the workers stop, the fd the accept loop
+/// reads is pointed (`dup2`) at a private socket no client knows; one connection to the real address wakes the accept call in
+/// flight (what it takes is answered as usual); and a connection to the private socket proves
+/// the loop has moved: only the loop accepts it, and tiny_http closes it on reading its end.
+/// Nothing more is taken from the real socket: with systemd's socket, connections wait in its
+/// queue for the next process; without it, the socket closes and they are refused, as they were
+/// once the server was dropped.
+fn stop_accepting(listener_fd: std::os::fd::RawFd, addr: SocketAddr) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let public = crate::watchdog::probe_addr(addr);
+    let private = std::net::TcpListener::bind(SocketAddr::new(public.ip(), 0))
+        .map_err(|e| format!("cannot open a socket to park the accept loop on: {e}"))?;
+    let private_addr = private
+        .local_addr()
+        .map_err(|e| format!("the parking socket has no address: {e}"))?;
+    // SAFETY: both fds are open and this process's own; `listener_fd` stays open (now for the
+    // private socket), so no other thread can be handed its number meanwhile. The accept call
+    // in flight holds the real socket until it returns.
+    if unsafe { libc::dup2(private.as_raw_fd(), listener_fd) } < 0 {
+        return Err(format!(
+            "cannot park the accept loop: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    drop(private);
+    let _wake = TcpStream::connect_timeout(&public, Duration::from_millis(500));
+    let mut proof = TcpStream::connect_timeout(&private_addr, ACCEPT_MOVES_WITHIN)
+        .map_err(|e| format!("cannot reach the parked accept loop: {e}"))?;
+    let _ = proof.shutdown(std::net::Shutdown::Write);
+    let _ = proof.set_read_timeout(Some(ACCEPT_MOVES_WITHIN));
+    match proof.read(&mut [0u8; 1]) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(format!(
+                "tiny_http's accept loop did not leave the listening socket within {ACCEPT_MOVES_WITHIN:?}"
+            ))
+        }
+        // Closed (or reset) by tiny_http: accepted there, so the loop has moved.
+        _ => Ok(()),
     }
 }
 
@@ -629,12 +690,24 @@ fn keep_warm(app: &App, addr: SocketAddr) {
     }
 }
 
+/// How long a stopping worker waits without a request before it ends.
+const DRAIN_QUIET: Duration = Duration::from_millis(50);
+/// How long a stopping worker answers at most.
+const DRAIN_LONGEST: Duration = Duration::from_millis(500);
+
 fn recv_loop(app: &Arc<App>, http: &tiny_http::Server) {
     loop {
         if app.stopping.load(Ordering::SeqCst) {
-            // Answer what tiny_http already accepted, then stop.
-            while let Ok(Some(req)) = http.try_recv() {
-                handle(app, req);
+            // Answer what tiny_http already accepted, then stop. A connection accepted just
+            // before the accept loop moved off the socket may not have been read yet: wait for
+            // a quiet moment, not only for an empty queue (and not forever: clients on kept-alive
+            // connections may never pause).
+            let until = Instant::now() + DRAIN_LONGEST;
+            while Instant::now() < until {
+                match http.recv_timeout(DRAIN_QUIET) {
+                    Ok(Some(req)) => handle(app, req),
+                    _ => break,
+                }
             }
             return;
         }

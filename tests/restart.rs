@@ -790,3 +790,128 @@ fn what_a_state_holds_that_this_wxmp_cannot_use_is_counted_and_skipped() {
     let stale = w.post_signed(&text("oStale", "hi"));
     assert_eq!(parse_reply(&stale.body).get("Content"), Some(DEFAULT_REPLY));
 }
+
+/// Starts wxmp on `listener` the way systemd starts it from `deploy/wxmp.socket`: the socket as
+/// fd 3, `LISTEN_FDS=1` and `LISTEN_PID` set to wxmp's own process id. The test keeps the
+/// listener open across processes, as systemd keeps the socket.
+fn serve_on_socket(dir: &Path, listener: &std::net::TcpListener) -> Wxmp {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = listener.as_raw_fd();
+    let wxmp = env!("CARGO_BIN_EXE_wxmp");
+    Wxmp::start_program(
+        "/bin/sh",
+        dir,
+        &[
+            "-c",
+            &format!("LISTEN_PID=$$ LISTEN_FDS=1 exec {wxmp} serve --config wxmp.toml"),
+        ],
+        &[],
+        move |cmd| {
+            // SAFETY: only async-signal-safe calls between fork and exec. dup2 leaves the new
+            // fd 3 without close-on-exec; if the listener is fd 3 already, that flag is cleared.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let ok = if fd == 3 {
+                        libc::fcntl(3, libc::F_SETFD, 0) == 0
+                    } else {
+                        libc::dup2(fd, 3) == 3
+                    };
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        },
+    )
+}
+
+/// One message on a new connection, as nginx sends it; `Err` says what went wrong.
+fn one_message(addr: std::net::SocketAddr, n: usize) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let content = format!("hi {n}");
+    let body = text("oUser", &content);
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        signed_query("/", TOKEN),
+        body.len()
+    );
+    s.write_all(head.as_bytes())
+        .and_then(|()| s.write_all(body.as_bytes()))
+        .map_err(|e| format!("send: {e}"))?;
+    let mut raw = Vec::new();
+    let read = s.read_to_end(&mut raw);
+    let got = String::from_utf8_lossy(&raw);
+    if got.starts_with("HTTP/1.1 200") && got.contains(DEFAULT_REPLY) {
+        Ok(())
+    } else {
+        Err(format!("message {n}: {read:?}, {got:?}"))
+    }
+}
+
+#[test]
+fn a_restart_on_systemds_socket_loses_no_connection() {
+    // Messages on new connections (as nginx sends them) keep coming while one process stops
+    // and the next starts on the same socket: every one is answered, by one process or the
+    // other. Before the accept loop was moved off the socket ahead of the stop, tiny_http took
+    // the connections of the stop's last moments and the process exited with them unanswered.
+    let dir = site("restart-handover", "", &[]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let first = serve_on_socket(&dir, &listener);
+    assert!(
+        first.wait_for_log("(systemd's socket; `listen` is not used)"),
+        "{}",
+        first.stderr()
+    );
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (done, sent) = (done.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let n = sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if let Err(e) = one_message(addr, n) {
+                        failures.push(e);
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    let count = || sent.load(std::sync::atomic::Ordering::SeqCst);
+    let mut during = 0;
+    let mut w = first;
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(300));
+        let before = count();
+        stop(w);
+        w = serve_on_socket(&dir, &listener);
+        during += count() - before;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let failures: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    stop(w);
+    assert!(
+        during > 100,
+        "too few messages were sent during the restarts to tell: {during}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} messages unanswered, e.g. {:?}",
+        failures.len(),
+        count(),
+        &failures[..failures.len().min(3)]
+    );
+}
