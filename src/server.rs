@@ -420,6 +420,13 @@ const ACCEPT_MOVES_WITHIN: Duration = Duration::from_secs(2);
 /// once the server was dropped.
 fn stop_accepting(listener_fd: std::os::fd::RawFd, addr: SocketAddr) -> Result<(), String> {
     use std::os::fd::AsRawFd;
+    // An accept loop that has ended (fd exhaustion, docs/tiny_http-upstream.md defect 4) closed
+    // the socket, and its number may be another file's by now: leave that alone.
+    if !crate::activation::is_listening_tcp(listener_fd)
+        || crate::strands::local_port(listener_fd) != Some(addr.port())
+    {
+        return Ok(());
+    }
     let public = crate::watchdog::probe_addr(addr);
     let private = std::net::TcpListener::bind(SocketAddr::new(public.ip(), 0))
         .map_err(|e| format!("cannot open a socket to park the accept loop on: {e}"))?;
@@ -1444,6 +1451,22 @@ fn answer_repeat(req: Request, msg: &Message, answer: Option<Answer>, ctx: &Ctx,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stop_leaves_alone_an_fd_that_is_no_longer_the_listener() {
+        use std::os::fd::AsRawFd;
+        let fd_path = |fd: i32| std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+        // The accept loop ended and closed the socket; its number now holds a file.
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let addr: SocketAddr = "127.0.0.1:8880".parse().unwrap();
+        assert_eq!(stop_accepting(file.as_raw_fd(), addr), Ok(()));
+        assert_eq!(fd_path(file.as_raw_fd()), std::path::Path::new("/dev/null"));
+        // ... or another listening socket than the server's.
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let before = fd_path(other.as_raw_fd());
+        assert_eq!(stop_accepting(other.as_raw_fd(), addr), Ok(()));
+        assert_eq!(fd_path(other.as_raw_fd()), before);
+    }
 
     /// Small blocks freed past the per-thread cache land in fastbins unless they are off.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
