@@ -412,9 +412,10 @@ const ACCEPT_MOVES_WITHIN: Duration = Duration::from_secs(2);
 /// socket the next process would have served it: one per busy client per restart in
 /// `tests/restart.rs`, one in ~1,500 by hand through `systemctl restart`
 /// (docs/tiny_http-upstream.md, defect 8). So before the workers stop, the fd the accept loop
-/// reads is pointed (`dup2`) at a private socket no client knows; one connection to the real address wakes the accept call in
-/// flight (what it takes is answered as usual); and a connection to the private socket proves
-/// the loop has moved: only the loop accepts it, and tiny_http closes it on reading its end.
+/// reads is pointed (`dup2`) at a private socket no client knows; one connection to the real
+/// address wakes the accept call in flight (what it takes is answered as usual); and a
+/// connection to the private socket proves the loop has moved: only the loop accepts it, and
+/// tiny_http closes it on reading its end.
 /// Nothing more is taken from the real socket: with systemd's socket, connections wait in its
 /// queue for the next process; without it, the socket closes and they are refused, as they were
 /// once the server was dropped.
