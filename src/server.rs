@@ -115,6 +115,78 @@ pub fn tune_allocator() -> bool {
     }
 }
 
+/// The scheduler time slice a worker asks for (the shortest Linux takes, 0.1 ms; its default
+/// is 0.75 ms times 1 + log2 of the CPUs, 1.4 ms on two).
+pub const WORKER_SLICE: Duration = Duration::from_micros(100);
+
+/// The first part (`SCHED_ATTR_SIZE_VER0`, 48 bytes) of the kernel's `struct sched_attr`, which
+/// the libc crate does not declare.
+#[cfg(target_os = "linux")]
+#[repr(C)]
+#[derive(Default)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+}
+
+/// Asks the scheduler for a short time slice ([`WORKER_SLICE`]) for the calling thread, as each
+/// worker does when it starts. Since Linux 6.12 (EEVDF) a thread's slice sets how soon it runs
+/// once woken, not its share of the CPU: a worker woken for a queued request gets a CPU sooner
+/// instead of waiting behind connection threads and other programs. With 32 keep-alive
+/// connections on two cores that took p99 from 2.2 to 1.4 ms at the same req/s and CPU per
+/// message (p50 0.04 ms later; the commit that added it has the figures). The thread's policy
+/// (`SCHED_FLAG_KEEP_POLICY`) and nice value stay as they are, and no privilege is needed.
+/// Returns whether the kernel took it; older kernels accept and ignore it, others refuse
+/// (`ENOSYS`, or a real-time policy set by the service manager), and nothing changes.
+pub fn ask_short_slice() -> bool {
+    ask_slice(WORKER_SLICE)
+}
+
+/// Gives the calling thread the kernel's default time slice again. A thread inherits its
+/// creator's slice, so the threads a worker starts ([`detach`]: slow commands, retries waiting
+/// for them, slow bodies) call it first, and the programs a command runs start from it too.
+pub fn default_slice() -> bool {
+    ask_slice(Duration::ZERO)
+}
+
+/// [`ask_short_slice`] with any slice; zero is the kernel's default.
+fn ask_slice(slice: Duration) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const SCHED_FLAG_KEEP_POLICY: u64 = 0x08;
+        // The thread's own nice value, set again as it is: `sched_setattr` sets nice too.
+        // getpriority returns -1 both for nice -1 and on failure; errno tells them apart.
+        // SAFETY: errno is this thread's; getpriority only reads.
+        let nice = unsafe {
+            *libc::__errno_location() = 0;
+            libc::getpriority(libc::PRIO_PROCESS, 0)
+        };
+        // SAFETY: as above.
+        if nice == -1 && unsafe { *libc::__errno_location() } != 0 {
+            return false;
+        }
+        let attr = SchedAttr {
+            size: std::mem::size_of::<SchedAttr>() as u32,
+            flags: SCHED_FLAG_KEEP_POLICY,
+            nice,
+            runtime: u64::try_from(slice.as_nanos()).unwrap_or(u64::MAX),
+            ..SchedAttr::default()
+        };
+        // SAFETY: sched_setattr(0 = this thread, attr, flags 0) reads `attr.size` bytes of attr.
+        unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &raw const attr, 0) == 0 }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
 /// Hands the allocator's free pages back to the system (glibc's `malloc_trim`; nothing
 /// elsewhere). Called after each checkpoint: its snapshot and file buffers are freed at once,
 /// and without this the heaps they came from (shared with other threads) keep the pages, which
@@ -261,7 +333,10 @@ impl Server {
             let (app, http) = (Arc::clone(&app), Arc::clone(&http));
             let worker = thread::Builder::new()
                 .name(format!("wxmp-worker-{i}"))
-                .spawn(move || recv_loop(&app, &http))
+                .spawn(move || {
+                    ask_short_slice();
+                    recv_loop(&app, &http)
+                })
                 .map_err(|e| format!("cannot start worker thread: {e}"))?;
             workers.push(worker);
         }
@@ -945,6 +1020,7 @@ fn detach<T: Send + 'static>(
     let count = Detached(Arc::clone(app));
     let (tx, rx) = std::sync::mpsc::sync_channel::<T>(1);
     let spawned = thread::Builder::new().name(name.into()).spawn(move || {
+        default_slice();
         if let Ok(payload) = rx.recv() {
             work(&count.0, payload);
         }
@@ -1489,6 +1565,48 @@ mod tests {
                 "fastbins grew from {before} to {after} bytes"
             );
         }
+    }
+
+    /// The short slice leaves the thread's nice value and policy alone, and where the kernel
+    /// reports slices (Linux 6.12 and later) it is the one asked for, and a thread started from
+    /// a worker gets the default back.
+    #[test]
+    fn a_short_slice_keeps_nice_and_policy() {
+        thread::spawn(|| {
+            // SAFETY: raising this thread's own nice value needs no privilege.
+            assert_eq!(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 3) }, 0);
+            assert!(ask_short_slice(), "sched_setattr refused");
+            // SAFETY: both only read this thread's scheduling parameters.
+            assert_eq!(unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }, 3);
+            assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
+            let mut got = SchedAttr::default();
+            let size = std::mem::size_of::<SchedAttr>() as u32;
+            // SAFETY: sched_getattr writes at most `size` bytes into `got`.
+            let rc = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &raw mut got, size, 0) };
+            assert_eq!(rc, 0);
+            assert_eq!(got.nice, 3);
+            if got.runtime != 0 {
+                assert_eq!(u128::from(got.runtime), WORKER_SLICE.as_nanos());
+            }
+            // A thread started from here inherits the short slice; `default_slice` undoes it.
+            let inherited = thread::spawn(move || {
+                assert!(default_slice(), "sched_setattr refused");
+                let mut got = SchedAttr::default();
+                // SAFETY: as above.
+                let rc =
+                    unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &raw mut got, size, 0) };
+                assert_eq!(rc, 0);
+                assert_eq!(got.nice, 3);
+                got.runtime
+            })
+            .join()
+            .unwrap();
+            if got.runtime != 0 {
+                assert_ne!(u128::from(inherited), WORKER_SLICE.as_nanos());
+            }
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
