@@ -903,8 +903,10 @@ fn a_restart_on_systemds_socket_loses_no_connection() {
         .flat_map(|c| c.join().unwrap())
         .collect();
     stop(w);
+    // Each client has a message in flight at every stop (the test's point), and more are sent
+    // while the old process drains and the new one starts.
     assert!(
-        during > 100,
+        during >= 12,
         "too few messages were sent during the restarts to tell: {during}"
     );
     assert!(
