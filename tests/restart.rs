@@ -830,27 +830,15 @@ fn serve_on_socket(dir: &Path, listener: &std::net::TcpListener) -> Wxmp {
 
 /// One message on a new connection, as nginx sends it; `Err` says what went wrong.
 fn one_message(addr: std::net::SocketAddr, n: usize) -> Result<(), String> {
-    use std::io::{Read, Write};
-    let content = format!("hi {n}");
-    let body = text("oUser", &content);
-    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .map_err(|e| e.to_string())?;
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        signed_query("/", TOKEN),
-        body.len()
-    );
-    s.write_all(head.as_bytes())
-        .and_then(|()| s.write_all(body.as_bytes()))
-        .map_err(|e| format!("send: {e}"))?;
-    let mut raw = Vec::new();
-    let read = s.read_to_end(&mut raw);
-    let got = String::from_utf8_lossy(&raw);
-    if got.starts_with("HTTP/1.1 200") && got.contains(DEFAULT_REPLY) {
+    let body = text("oUser", &format!("hi {n}"));
+    let target = signed_query("/", TOKEN);
+    let timeout = Duration::from_secs(20);
+    let resp = try_http(addr, "POST", &target, &[], body.as_bytes(), timeout)
+        .map_err(|e| format!("message {n}: {e}"))?;
+    if resp.status == 200 && resp.body.contains(DEFAULT_REPLY) {
         Ok(())
     } else {
-        Err(format!("message {n}: {read:?}, {got:?}"))
+        Err(format!("message {n}: {} {:?}", resp.status, resp.body))
     }
 }
 

@@ -299,8 +299,22 @@ pub fn http(
     body: &[u8],
     timeout: Duration,
 ) -> Resp {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(timeout)).unwrap();
+    try_http(addr, method, target, headers, body, timeout).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`http`], saying what went wrong instead of panicking (for client threads that count
+/// failures).
+pub fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Resp, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| format!("read timeout: {e}"))?;
     let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if !headers
         .iter()
@@ -313,25 +327,31 @@ pub fn http(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).expect("send head");
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("send head: {e}"))?;
     let _ = s.write_all(body);
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
-    parse_response(&raw)
+    try_parse_response(&raw)
 }
 
 /// Parses a full HTTP/1.1 response (body delimited by Content-Length or connection close).
 pub fn parse_response(raw: &[u8]) -> Resp {
+    try_parse_response(raw).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`parse_response`], saying what is wrong instead of panicking.
+pub fn try_parse_response(raw: &[u8]) -> Result<Resp, String> {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
+        .ok_or_else(|| format!("no HTTP response: {text:?}"))?;
     let mut lines = head.lines();
     let status = lines
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
-        .expect("status");
+        .ok_or_else(|| format!("no status: {text:?}"))?;
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
@@ -344,11 +364,11 @@ pub fn parse_response(raw: &[u8]) -> Resp {
         Some(n) => body.get(..n).unwrap_or(body).to_string(),
         None => body.to_string(),
     };
-    Resp {
+    Ok(Resp {
         status,
         headers,
         body,
-    }
+    })
 }
 
 /// Builds an inbound message: `<xml>` with the common fields then `fields` (values in CDATA
