@@ -452,10 +452,14 @@ impl Server {
         // (What a program left running in the background after it exited is its own work,
         // README "Programs".) Their waiting tries are answered that the server is restarting.
         crate::exec::stop_all(Duration::from_millis(500));
-        // No connection is accepted from here on that the workers would not answer: with
-        // systemd's socket it waits in the socket's queue for the next process.
-        if let Err(e) = stop_accepting(self.listener_fd, self.addr) {
-            warn!("shutdown: {e}; a connection accepted during the stop may go unanswered");
+        // With systemd's socket, no connection is accepted from here on that the workers would
+        // not answer: it waits in the socket's queue for the next process. Without it nobody
+        // else would take such a connection, so the workers answer on while they drain (below)
+        // rather than have it refused.
+        if self.from_systemd {
+            if let Err(e) = stop_accepting(self.listener_fd, self.addr) {
+                warn!("shutdown: {e}; a connection accepted during the stop may go unanswered");
+            }
         }
         self.app.stopping.store(true, Ordering::SeqCst);
         self.http.unblock();
@@ -498,9 +502,9 @@ const ACCEPT_MOVES_WITHIN: Duration = Duration::from_secs(2);
 /// address wakes the accept call in flight (what it takes is answered as usual); and a
 /// connection to the private socket proves the loop has moved: only the loop accepts it, and
 /// tiny_http closes it on reading its end.
-/// Nothing more is taken from the real socket: with systemd's socket, connections wait in its
-/// queue for the next process; without it, the socket closes and they are refused, as they were
-/// once the server was dropped.
+/// Nothing more is taken from the real socket, and connections wait in its queue for the next
+/// process. (Only for systemd's socket: a socket of wxmp's own would close, and the connections
+/// the workers could still have answered while they drain would be refused.)
 fn stop_accepting(listener_fd: std::os::fd::RawFd, addr: SocketAddr) -> Result<(), String> {
     use std::os::fd::AsRawFd;
     // An accept loop that has ended (fd exhaustion, docs/tiny_http-upstream.md defect 4) closed
