@@ -3,8 +3,9 @@
 # installs wxmp the way README "Deploy" steps 2, 3 and 5 say, and checks what the unit promises:
 # it starts and answers, `systemctl reload` re-reads wxmp.toml, a message sent during a stop is
 # answered, a command's background process ends with the service, and after `kill -9` systemd
-# restarts wxmp, which carries on from its checkpoint. Needs root, the network to Debian's
-# package mirror (once: debootstrap) and ~400 MB in $ROOTFS. Not run by CI (it boots a
+# restarts wxmp, which carries on from its checkpoint; the workers' scheduler time slice passes
+# the unit's restrictions, and with wxmp.socket no connection fails during a restart. Needs
+# root, the network to Debian's package mirror (once: debootstrap) and ~400 MB in $ROOTFS. Not run by CI (it boots a
 # container). Usage: deploy/verify-systemd.sh [path/to/wxmp] (default: a fresh release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,6 +67,12 @@ verify=$(./wxmp send --verify) || fail "send --verify: $verify"
 [ "$(./wxmp send hello)" = "对不起，我没有看懂你的信息~" ] || fail "send hello"
 [ "$(systemctl show -p TasksMax --value wxmp)" = 4096 ] || fail "TasksMax"
 echo "ok: installed as the README says, started, verified, answered"
+# The unit restricts real-time scheduling: the short time slice of the workers (SCHED_OTHER)
+# must pass.
+journalctl -u wxmp --no-pager -o cat | grep "short time slice" && fail "the unit refused the time slice of the workers"
+short=$(cat /proc/"$(systemctl show -p MainPID --value wxmp)"/task/*/sched | grep -cE "^se\.slice +: +100000$" || true)
+[ "$short" = 4 ] || fail "$short threads with a 0.1 ms slice, not the 4 workers"
+echo "ok: the short time slice of the workers was taken under the restrictions of the unit"
 sed -i "s/^default = .*/default = \"reloaded\"/" wxmp.toml
 grep "^default = \"reloaded\"" wxmp.toml >/dev/null || fail "no [reply] default in the first-run wxmp.toml"
 systemctl reload wxmp; sleep 1
