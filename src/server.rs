@@ -140,7 +140,7 @@ struct SchedAttr {
 /// once woken, not its share of the CPU: a worker woken for a queued request gets a CPU sooner
 /// instead of waiting behind connection threads and other programs. With 32 keep-alive
 /// connections on two cores that took p99 from 2.2 to 1.4 ms at the same req/s and CPU per
-/// message (p50 0.04 ms later; the commit that added it has the figures). The thread's policy
+/// message (p50 0.04 ms later; docs/benchmarks-history.md has the figures). The thread's policy
 /// (`SCHED_FLAG_KEEP_POLICY`) and nice value stay as they are, and no privilege is needed.
 /// Returns whether the kernel took it; older kernels accept and ignore it, others refuse
 /// (`ENOSYS`, or a real-time policy set by the service manager), and nothing changes.
@@ -501,10 +501,10 @@ const ACCEPT_MOVES_WITHIN: Duration = Duration::from_secs(2);
 /// reads is pointed (`dup2`) at a private socket no client knows; one connection to the real
 /// address wakes the accept call in flight (what it takes is answered as usual); and a
 /// connection to the private socket proves the loop has moved: only the loop accepts it, and
-/// tiny_http closes it on reading its end.
-/// Nothing more is taken from the real socket, and connections wait in its queue for the next
-/// process. (Only for systemd's socket: a socket of wxmp's own would close, and the connections
-/// the workers could still have answered while they drain would be refused.)
+/// tiny_http closes it on reading its end. Nothing more is taken from the real socket, and
+/// connections wait in its queue for the next process. (Only for systemd's socket: a socket of
+/// wxmp's own would close, and the connections the workers could still have answered while
+/// they drain would be refused.)
 fn stop_accepting(listener_fd: std::os::fd::RawFd, addr: SocketAddr) -> Result<(), String> {
     use std::os::fd::AsRawFd;
     // An accept loop that has ended (fd exhaustion, docs/tiny_http-upstream.md defect 4) closed
