@@ -5,8 +5,8 @@
 # answered, a command's background process ends with the service, and after `kill -9` systemd
 # restarts wxmp, which carries on from its checkpoint; the workers' scheduler time slice passes
 # the unit's restrictions, and with wxmp.socket no connection fails during a restart. Needs
-# root, the network to Debian's package mirror (once: debootstrap) and ~400 MB in $ROOTFS. Not run by CI (it boots a
-# container). Usage: deploy/verify-systemd.sh [path/to/wxmp] (default: a fresh release build).
+# root, the network to Debian's package mirror (once: debootstrap) and ~400 MB in $ROOTFS. Not
+# run by CI (it boots a container). Usage: deploy/verify-systemd.sh [path/to/wxmp] (default: a fresh release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOTFS=${ROOTFS:-/var/tmp/wxmp-systemd-rootfs}
