@@ -848,6 +848,8 @@ fn a_restart_on_systemds_socket_loses_no_connection() {
     // and the next starts on the same socket: every one is answered, by one process or the
     // other. Before the accept loop was moved off the socket ahead of the stop, tiny_http took
     // the connections of the stop's last moments and the process exited with them unanswered.
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
     let dir = site("restart-handover", "", &[]);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -857,15 +859,15 @@ fn a_restart_on_systemds_socket_loses_no_connection() {
         "{}",
         first.stderr()
     );
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..4)
         .map(|_| {
             let (done, sent) = (done.clone(), sent.clone());
             std::thread::spawn(move || {
                 let mut failures = Vec::new();
-                while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                    let n = sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                while !done.load(Ordering::SeqCst) {
+                    let n = sent.fetch_add(1, Ordering::SeqCst);
                     if let Err(e) = one_message(addr, n) {
                         failures.push(e);
                     }
@@ -874,7 +876,7 @@ fn a_restart_on_systemds_socket_loses_no_connection() {
             })
         })
         .collect();
-    let count = || sent.load(std::sync::atomic::Ordering::SeqCst);
+    let count = || sent.load(Ordering::SeqCst);
     let mut during = 0;
     let mut w = first;
     for _ in 0..3 {
@@ -885,7 +887,7 @@ fn a_restart_on_systemds_socket_loses_no_connection() {
         during += count() - before;
     }
     std::thread::sleep(Duration::from_millis(300));
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    done.store(true, Ordering::SeqCst);
     let failures: Vec<String> = clients
         .into_iter()
         .flat_map(|c| c.join().unwrap())
