@@ -33,34 +33,6 @@ fn find_nginx() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Installs a Debian package when we are root on a machine with apt-get, so that `cargo test`
-/// sets up what it needs on a fresh Debian machine (as `.ci/run` does); whether it did. Installs
-/// run one at a time, after one `apt-get update`.
-fn apt_install(package: &str) -> bool {
-    static APT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root || !Path::new("/usr/bin/apt-get").exists() {
-        return false;
-    }
-    let mut updated = APT
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !*updated {
-        *updated = apt(&["update", "-qq"]);
-    }
-    eprintln!("tests/nginx.rs: installing {package} with apt-get");
-    apt(&["install", "-y", "-qq", package])
-}
-
 /// Installs Debian's nginx-light (or nginx). Runs at most once.
 fn install_nginx() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -69,22 +41,6 @@ fn install_nginx() {
             apt_install("nginx");
         }
     });
-}
-
-/// Makes sure the `command` (openssl, curl) can be run, installing the Debian package of the
-/// same name where possible; a test that then still cannot run it fails saying so.
-fn ensure_command(command: &str) {
-    let runs = || {
-        Command::new(command)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
-    };
-    if !runs() {
-        apt_install(command);
-    }
 }
 
 /// The nginx binary, installing it first where that is possible.
@@ -163,7 +119,7 @@ fn adapt_tls(conf: &str, port: u16, upstream: SocketAddr, cert: &Path, key: &Pat
 /// `(cert, key)` in `dir`.
 fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    ensure_command("openssl");
+    ensure_command("openssl", "openssl");
     let out = Command::new("openssl")
         .args([
             "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
@@ -559,7 +515,7 @@ fn nginx_cuts_off_a_half_sent_head() {
 #[test]
 fn wxmp_send_checks_the_https_url_through_nginx_with_tls() {
     let w = Wxmp::start("");
-    ensure_command("curl");
+    ensure_command("curl", "curl");
     let certs = temp_dir("tls");
     let (cert, key) = self_signed(&certs);
     let nginx = Nginx::start_with(w.addr, Some((&cert, &key)));

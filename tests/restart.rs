@@ -288,12 +288,13 @@ fn a_listening_socket_from_systemd_is_used_and_not_handed_to_programs() {
         }
     });
     let wxmp = env!("CARGO_BIN_EXE_wxmp");
+    ensure_command("systemd-socket-activate", "systemd");
     let tool = std::process::Command::new("systemd-socket-activate")
         .arg("--version")
         .output();
     assert!(
         tool.is_ok(),
-        "systemd-socket-activate is needed (Debian: apt-get install systemd; .ci/run does it): {tool:?}"
+        "systemd-socket-activate is needed (Debian: apt-get install systemd; as root the test does it itself): {tool:?}"
     );
     let w = Wxmp::start_program(
         "systemd-socket-activate",

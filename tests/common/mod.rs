@@ -512,3 +512,48 @@ pub fn proc_status_field(pid: u32, key: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
+
+/// Installs a Debian package when we are root on a machine with apt-get, so that `cargo test`
+/// sets up what it needs on a fresh Debian machine (as `.ci/run` does); whether it did. Installs
+/// run one at a time, after one `apt-get update`.
+pub fn apt_install(package: &str) -> bool {
+    static APT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || !Path::new("/usr/bin/apt-get").exists() {
+        return false;
+    }
+    let mut updated = APT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !*updated {
+        *updated = apt(&["update", "-qq"]);
+    }
+    eprintln!("tests: installing {package} with apt-get");
+    apt(&["install", "-y", "-qq", package])
+}
+
+/// Makes sure the `command` (openssl, curl, systemd-socket-activate) can be run, installing the
+/// Debian `package` that has it where possible; a test that then still cannot run it fails
+/// saying so.
+pub fn ensure_command(command: &str, package: &str) {
+    let runs = || {
+        Command::new(command)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    };
+    if !runs() {
+        apt_install(package);
+    }
+}
