@@ -29,7 +29,7 @@ USAGE:
 
 OPTIONS:
     --config FILE    read token, listen, path and safe-mode keys from FILE (default ./wxmp.toml)
-    --url URL        where to send (default http://<listen>/<path> from the config, with
+    --url URL        where to send (default http://<listen><path> from the config, with
                      0.0.0.0 as 127.0.0.1); https:// URLs go through the system's curl
     --token T        the token to sign with (default: the config's)
     --from OPENID    the sender (default o_wxmp_send_user)
