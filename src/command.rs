@@ -2,7 +2,7 @@
 //!
 //! Each table has exactly one match rule (`name`/`aliases`, `prefix`, `regex`, or `event` with
 //! an optional `key`) and exactly one action (`reply`, `file`, `exec`, `image`, `voice`, `video`,
-//! `music`, `news`). [`parse_commands`] checks every table and lists every problem, each naming
+//! `music`, `news`, `transfer_customer_service`). [`parse_commands`] checks every table and lists every problem, each naming
 //! the command and the key, so `wxmp check` can show them all at once.
 
 use crate::reply::{Article, Reply, MAX_ARTICLES};
@@ -23,14 +23,38 @@ pub const MAX_TIMEOUT_SECS: f64 = 14.0;
 pub const MIN_TIMEOUT_SECS: f64 = 0.1;
 
 /// The keys a `[[command]]` table may have.
-pub const KEYS: [&str; 17] = [
-    "name", "aliases", "prefix", "regex", "event", "key", "reply", "file", "exec", "image",
-    "voice", "video", "music", "news", "admin", "help", "timeout",
+pub const KEYS: [&str; 18] = [
+    "name",
+    "aliases",
+    "prefix",
+    "regex",
+    "event",
+    "key",
+    "reply",
+    "file",
+    "exec",
+    "image",
+    "voice",
+    "video",
+    "music",
+    "news",
+    "transfer_customer_service",
+    "admin",
+    "help",
+    "timeout",
 ];
 
 /// The action keys; a table has exactly one.
-pub const ACTIONS: [&str; 8] = [
-    "reply", "file", "exec", "image", "voice", "video", "music", "news",
+pub const ACTIONS: [&str; 9] = [
+    "reply",
+    "file",
+    "exec",
+    "image",
+    "voice",
+    "video",
+    "music",
+    "news",
+    "transfer_customer_service",
 ];
 
 /// The events an event command may name (compared without ASCII case): those that carry an
@@ -102,7 +126,8 @@ pub enum Action {
         /// The argument templates, one argv item each.
         args: Vec<String>,
     },
-    /// A fixed image, voice, video or music reply.
+    /// A fixed image, voice, video or music reply, or the hand-over to customer service
+    /// (`transfer_customer_service`).
     Media(Reply),
     /// Articles (1 to 8); only the first is sent in answer to a user message.
     News(Vec<Article>),
@@ -531,6 +556,19 @@ fn parse_one(index: usize, c: &mut Check, base_dir: &Path) -> Option<Command> {
         }
     };
     let help = c.string("help");
+    // WeChat hands only what a user said to customer service; its documentation asks that
+    // events (menu clicks, location reports) never be, as the agents would see them as noise.
+    if let (
+        Some(Matcher::Event { .. }),
+        Some(Action::Media(Reply::TransferCustomerService { .. })),
+    ) = (&matcher, &action)
+    {
+        c.err(
+            "transfer_customer_service",
+            "only what a user says can go to customer service, not an event: use `name`, \
+             `prefix` or `regex`",
+        );
+    }
 
     if c.errors.len() != before {
         return None;
@@ -763,8 +801,56 @@ fn parse_action(key: &str, c: &mut Check, base_dir: &Path) -> Option<Action> {
                 thumb_media_id: f.take("thumb_media_id"),
             }))
         }
+        "transfer_customer_service" => parse_transfer(c),
         _ => parse_news(c),
     }
+}
+
+/// `transfer_customer_service = true` (any customer-service account takes the user) or
+/// `= "kf2001@gh_…"` (that account: WeChat's full form, the account's prefix `@` the Official
+/// Account's WeChat id).
+fn parse_transfer(c: &mut Check) -> Option<Action> {
+    const KEY: &str = "transfer_customer_service";
+    let kf_account = match c.table.get(KEY)? {
+        Value::Boolean(true) => None,
+        Value::Boolean(false) => {
+            c.err(
+                KEY,
+                "false does nothing: set true (any customer-service account) or an account, or \
+                 remove the command",
+            );
+            return None;
+        }
+        Value::String(s) => {
+            let account = s.trim();
+            let ok = account.split_once('@').is_some_and(|(prefix, id)| {
+                !prefix.is_empty() && !id.is_empty() && !id.contains('@')
+            }) && !account
+                .chars()
+                .any(|ch| ch.is_whitespace() || ch.is_control());
+            if !ok {
+                c.err(
+                    KEY,
+                    format!(
+                        "{s:?} is not a customer-service account: WeChat wants the full form, \
+                         \"kf2001@gh_0123456789ab\" (the account's prefix @ the Official \
+                         Account's WeChat id); or true for any account"
+                    ),
+                );
+                return None;
+            }
+            Some(account.to_string())
+        }
+        other => {
+            let t = other.type_str();
+            c.err(
+                KEY,
+                format!("must be true or a customer-service account (\"kf2001@gh_…\"), not {t}"),
+            );
+            return None;
+        }
+    };
+    Some(Action::Media(Reply::TransferCustomerService { kf_account }))
 }
 
 fn is_http(url: &str) -> bool {
@@ -1388,6 +1474,97 @@ mod tests {
         );
         let cmds = parse(&eight).unwrap();
         assert!(matches!(&cmds[0].action, Action::News(a) if a.len() == 8));
+    }
+
+    #[test]
+    fn a_user_can_be_handed_to_customer_service_but_an_event_cannot() {
+        let cmds = parse(
+            r#"
+            [[command]]
+            name = "人工"
+            transfer_customer_service = true
+            [[command]]
+            prefix = "找小王"
+            transfer_customer_service = " xiaowang@gh_0123456789ab "
+            "#,
+        )
+        .unwrap();
+        let transfer = |c: &Command| match &c.action {
+            Action::Media(Reply::TransferCustomerService { kf_account }) => kf_account.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(transfer(&cmds[0]), None);
+        assert_eq!(
+            transfer(&cmds[1]),
+            Some("xiaowang@gh_0123456789ab".to_string())
+        );
+        assert_eq!(cmds[0].describe_action(), "transfer_customer_service reply");
+
+        let errors = parse(
+            r#"
+            [[command]]
+            name = "a"
+            transfer_customer_service = false
+            [[command]]
+            name = "b"
+            transfer_customer_service = "xiaowang"
+            [[command]]
+            name = "c"
+            transfer_customer_service = "@gh_x"
+            [[command]]
+            name = "d"
+            transfer_customer_service = "kf@"
+            [[command]]
+            name = "e"
+            transfer_customer_service = "kf 1@gh_x"
+            [[command]]
+            name = "f"
+            transfer_customer_service = "kf@gh@x"
+            [[command]]
+            name = "g"
+            transfer_customer_service = 1
+            [[command]]
+            event = "CLICK"
+            key = "KF"
+            transfer_customer_service = true
+            [[command]]
+            name = "h"
+            reply = "x"
+            transfer_customer_service = true
+            "#,
+        )
+        .unwrap_err();
+        let not_account = |n: &str, v: &str| {
+            format!(
+                "command #{n} (name \"{}\"): key `transfer_customer_service`: {v:?} is not a \
+                 customer-service account: WeChat wants the full form, \"kf2001@gh_0123456789ab\" \
+                 (the account's prefix @ the Official Account's WeChat id); or true for any account",
+                (b'a' + n.parse::<u8>().unwrap() - 1) as char
+            )
+        };
+        assert_eq!(
+            errors,
+            [
+                "command #1 (name \"a\"): key `transfer_customer_service`: false does nothing: set \
+                 true (any customer-service account) or an account, or remove the command"
+                    .to_string(),
+                not_account("2", "xiaowang"),
+                not_account("3", "@gh_x"),
+                not_account("4", "kf@"),
+                not_account("5", "kf 1@gh_x"),
+                not_account("6", "kf@gh@x"),
+                "command #7 (name \"g\"): key `transfer_customer_service`: must be true or a \
+                 customer-service account (\"kf2001@gh_…\"), not integer"
+                    .to_string(),
+                "command #8 (event CLICK key \"KF\"): key `transfer_customer_service`: only what a \
+                 user says can go to customer service, not an event: use `name`, `prefix` or \
+                 `regex`"
+                    .to_string(),
+                "command #9 (name \"h\"): key `transfer_customer_service`: a command has exactly \
+                 one action, but this one has reply and transfer_customer_service"
+                    .to_string(),
+            ]
+        );
     }
 
     #[test]

@@ -300,6 +300,12 @@ video = { media_id = "VIDEO_3", title = "标题 <&>", description = "说明]]>x"
 [[command]]
 name = "音乐"
 music = { title = "歌", description = "描述", music_url = "http://m.example/a.mp3", hq_music_url = "https://m.example/hq.mp3", thumb_media_id = "THUMB_4" }
+[[command]]
+name = "人工"
+transfer_customer_service = true
+[[command]]
+name = "找小王"
+transfer_customer_service = "xiaowang@gh_test"
 "#,
     );
     let get = |said: &str, kind: &str| {
@@ -329,6 +335,17 @@ music = { title = "歌", description = "描述", music_url = "http://m.example/a
     assert_eq!(m.get("Music/MusicUrl"), Some("http://m.example/a.mp3"));
     assert_eq!(m.get("Music/HQMusicUrl"), Some("https://m.example/hq.mp3"));
     assert_eq!(m.get("Music/ThumbMediaId"), Some("THUMB_4"));
+    // Customer service: to whoever is free, or to one account (WeChat's TransInfo).
+    let any = get("人工", "transfer_customer_service");
+    assert!(
+        !any.fields.iter().any(|(k, _)| k.starts_with("TransInfo")),
+        "{:?}",
+        any.fields
+    );
+    assert_eq!(
+        get("找小王", "transfer_customer_service").get("TransInfo/KfAccount"),
+        Some("xiaowang@gh_test")
+    );
 }
 
 #[test]
@@ -1099,6 +1116,7 @@ fn the_example_config_is_valid_and_check_prints_the_table() {
         "video reply",
         "music reply",
         "news, ",
+        "transfer_customer_service reply",
         "event click key \"TODAY\"",
         "event subscribe",
         "event scan",
