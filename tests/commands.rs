@@ -828,6 +828,19 @@ fn ten_slow_commands_do_not_delay_anyone_else() {
 }
 
 #[test]
+fn the_limit_of_32_programs_counts_those_running_not_those_that_ran() {
+    // One user asks 40 times in a row: each program has ended before the next message, so
+    // none of them is refused as one too many.
+    let site = Site::new("cmd-count");
+    site.script("count.sh", "echo \"第 $1 次\"");
+    let w = site.serve("[[command]]\nprefix = \"数\"\nexec = [\"./count.sh\", \"{args}\"]");
+    for i in 1..=40 {
+        assert_eq!(say(&w, "oCount", &format!("数 {i}")), format!("第 {i} 次"));
+    }
+    assert!(!w.stderr().contains("already running"), "{}", w.stderr());
+}
+
+#[test]
 fn sigterm_kills_running_programs_instead_of_leaving_them() {
     let site = Site::new("cmd-term");
     site.script(
