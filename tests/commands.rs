@@ -840,6 +840,41 @@ fn the_limit_of_32_programs_counts_those_running_not_those_that_ran() {
     assert!(!w.stderr().contains("already running"), "{}", w.stderr());
 }
 
+/// The CPU time process `pid` has used so far (user and system), from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    let (_, rest) = stat.rsplit_once(')').expect("(comm)");
+    // After the command's name: state is field 3, utime field 14 and stime field 15.
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().expect("a tick count"))
+        .collect();
+    // SAFETY: sysconf takes an int and has no memory-safety preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis((fields[0] + fields[1]) * 1000 / ticks)
+}
+
+#[test]
+fn waiting_for_a_quiet_program_costs_wxmp_no_cpu() {
+    // The backup takes 3 s and says nothing meanwhile; it closed its stderr at the start (as a
+    // program that logs elsewhere does). wxmp runs with stdout on /dev/null, as under nohup:
+    // waiting is sleeping in poll, not asking again and again.
+    let site = Site::new("cmd-quiet");
+    site.script("backup.sh", "exec 2>/dev/null\nsleep 3\necho 备份完成");
+    let w = site.serve("[[command]]\nname = \"备份\"\nexec = [\"./backup.sh\"]");
+    let before = cpu_time(w.pid());
+    assert_eq!(say(&w, "oAdmin", "备份"), "备份完成");
+    let used = cpu_time(w.pid()) - before;
+    // Some milliseconds: a look at the program every 10 ms. A loop that never sleeps would
+    // take most of the 3 s even on a machine shared with other work.
+    assert!(
+        used < Duration::from_millis(500),
+        "{used:?} of CPU while the program slept 3 s"
+    );
+}
+
 #[test]
 fn sigterm_kills_running_programs_instead_of_leaving_them() {
     let site = Site::new("cmd-term");
