@@ -360,14 +360,19 @@ fn run_unmarked(job: &Job) -> Output {
         pause = (pause * 2).min(Duration::from_millis(10));
     };
     // The program is gone; what it started may still hold the pipes. Read them up to the
-    // deadline, then kill the rest of the group and keep what was read.
+    // deadline, or the server's stop (nobody would enforce the deadline after it), then kill
+    // the rest of the group and keep what was read. The program ran to its end: its status
+    // stands.
     while captures.iter().any(|c| c.pipe.is_some()) {
         let now = Instant::now();
-        if now >= deadline {
+        if now >= deadline || STOPPING.load(Ordering::SeqCst) {
             kill_group(pgid);
             break;
         }
-        pump(&mut captures, deadline - now);
+        pump(
+            &mut captures,
+            (deadline - now).min(Duration::from_millis(10)),
+        );
     }
     let [stdout, stderr] = captures;
     Output {

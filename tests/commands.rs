@@ -899,6 +899,38 @@ fn sigterm_kills_running_programs_instead_of_leaving_them() {
 }
 
 #[test]
+fn sigterm_also_kills_what_a_finished_program_left_holding_its_output() {
+    // The program itself is done at once, but what it started in the background still holds
+    // its stdout: wxmp reads on (and would kill it at the timeout). A stop meanwhile kills it
+    // too, since nobody would enforce that timeout once wxmp is gone.
+    let site = Site::new("cmd-term-left");
+    site.script("start.sh", "sleep 30 &\necho $! > left.pid\necho 已开始");
+    let w = site.serve("[[command]]\nname = \"开始\"\nexec = [\"./start.sh\"]\ntimeout = 14");
+    assert!(post_within(&w, &text("oK", "开始"), Duration::from_millis(300)).is_none());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while site.read("left.pid").trim().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = site.read("left.pid");
+    let left = left.trim();
+    assert!(!left.is_empty() && !dead(left), "running before the stop");
+    assert_eq!(w.terminate().code(), Some(0));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !dead(left) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let survived = !dead(left);
+    if survived {
+        // SAFETY: kill(2) with plain integers; the process is the test's own leftover.
+        unsafe { libc::kill(left.parse().unwrap(), libc::SIGKILL) };
+    }
+    assert!(
+        !survived,
+        "the process left holding the output outlived wxmp"
+    );
+}
+
+#[test]
 fn safe_mode_command_answers_and_the_late_notice_are_encrypted() {
     let site = Site::new("cmd-safe");
     site.script("q.sh", "echo \"secret $1\"");
