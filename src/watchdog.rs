@@ -169,6 +169,8 @@ mod tests {
         assert_eq!(probe_addr(b), "[::1]:80".parse().unwrap());
         let c: SocketAddr = "127.0.0.2:1".parse().unwrap();
         assert_eq!(probe_addr(c), c);
+        let d: SocketAddr = "[fd00::2]:8880".parse().unwrap();
+        assert_eq!(probe_addr(d), d);
     }
 
     #[test]
@@ -202,8 +204,22 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux x86_64, not everywhere
     fn fd_limit_is_raised_to_hard() {
-        let (before, after) = raise_fd_limit().unwrap();
-        assert!(after >= before);
+        // Started with a soft limit one under the hard one (a shell's `ulimit -Sn` below `-Hn`),
+        // wxmp raises it to the hard one and says from what to what.
+        let hard = nofile().unwrap().rlim_max;
+        let lowered = libc::rlimit {
+            rlim_cur: hard - 1,
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit only reads the struct we pass.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0);
+        let hard = hard as u64;
+        assert_eq!(fd_limit(), Some(hard - 1));
+        assert_eq!(raise_fd_limit().unwrap(), (hard - 1, hard));
+        assert_eq!(fd_limit(), Some(hard));
+        // Already at the hard limit: nothing to raise.
+        assert_eq!(raise_fd_limit().unwrap(), (hard, hard));
     }
 }
