@@ -222,4 +222,88 @@ mod tests {
         // Already at the hard limit: nothing to raise.
         assert_eq!(raise_fd_limit().unwrap(), (hard, hard));
     }
+
+    /// A server on loopback that gives the `n`th connection (from 0) the answer `answer(n)`
+    /// and counts the connections it answered.
+    fn fake_server(
+        answer: impl Fn(usize) -> &'static str + Send + 'static,
+    ) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&served);
+        thread::spawn(move || {
+            for (n, conn) in l.incoming().enumerate() {
+                let Ok(mut conn) = conn else { continue };
+                let mut request = [0u8; 1024];
+                let _ = conn.read(&mut request);
+                let _ = conn.write_all(answer(n).as_bytes());
+                drop(conn);
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        (addr, served)
+    }
+
+    #[test]
+    fn a_probe_wants_200_and_ok() {
+        let (good, _) = fake_server(|_| "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        assert_eq!(probe(good, Duration::from_secs(5)), Ok(()));
+        let (not_ok, _) = fake_server(|_| "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbusy");
+        let err = probe(not_ok, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(err, "unexpected answer: \"HTTP/1.1 200 OK\"");
+        let (not_200, _) = fake_server(|_| "HTTP/1.1 503 Busy\r\nContent-Length: 2\r\n\r\nok");
+        let err = probe(not_200, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(err, "unexpected answer: \"HTTP/1.1 503 Busy\"");
+    }
+
+    #[test]
+    fn the_server_is_probed_once_an_interval_not_over_and_over() {
+        let (addr, served) = fake_server(|_| "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&held);
+        let stop = Arc::new(AtomicBool::new(false));
+        let interval = Duration::from_millis(100);
+        let start = Instant::now();
+        let verdict = spawn(addr, fd, interval, 2, Arc::clone(&stop));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while served.load(Ordering::SeqCst) < 3 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        // A slow machine can only make the probes fewer: the k-th starts k intervals or more
+        // after the start.
+        let probes = served.load(Ordering::SeqCst);
+        let elapsed = start.elapsed();
+        stop.store(true, Ordering::SeqCst);
+        assert!(probes >= 3, "the probes go on");
+        assert!(
+            probes as u128 <= elapsed.as_millis() / interval.as_millis(),
+            "{probes} probes in {elapsed:?}"
+        );
+        assert_eq!(*verdict.lock().unwrap(), None);
+    }
+
+    #[test]
+    fn one_failed_probe_among_good_ones_is_no_verdict() {
+        // The second probe meets a server too busy to say ok; the ones before and after are
+        // answered. Only `failures` failures in a row are a verdict.
+        let (addr, served) = fake_server(|n| {
+            if n == 1 {
+                "HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy"
+            } else {
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            }
+        });
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&held);
+        let stop = Arc::new(AtomicBool::new(false));
+        let verdict = spawn(addr, fd, Duration::from_millis(20), 2, Arc::clone(&stop));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while served.load(Ordering::SeqCst) < 5 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert!(served.load(Ordering::SeqCst) >= 5, "the probes go on");
+        assert_eq!(*verdict.lock().unwrap(), None);
+        stop.store(true, Ordering::SeqCst);
+    }
 }
