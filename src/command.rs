@@ -2,8 +2,8 @@
 //!
 //! Each table has exactly one match rule (`name`/`aliases`, `prefix`, `regex`, or `event` with
 //! an optional `key`) and exactly one action (`reply`, `file`, `exec`, `image`, `voice`, `video`,
-//! `music`, `news`, `transfer_customer_service`). [`parse_commands`] checks every table and lists every problem, each naming
-//! the command and the key, so `wxmp check` can show them all at once.
+//! `music`, `news`, `transfer_customer_service`). [`parse_commands`] checks every table and lists
+//! every problem, each naming the command and the key, so `wxmp check` can show them all at once.
 
 use crate::reply::{Article, Reply, MAX_ARTICLES};
 use regex::Regex;
@@ -22,27 +22,8 @@ pub const MAX_TIMEOUT_SECS: f64 = 14.0;
 /// The shortest `timeout` allowed, in seconds: less would kill a program as it starts.
 pub const MIN_TIMEOUT_SECS: f64 = 0.1;
 
-/// The keys a `[[command]]` table may have.
-pub const KEYS: [&str; 18] = [
-    "name",
-    "aliases",
-    "prefix",
-    "regex",
-    "event",
-    "key",
-    "reply",
-    "file",
-    "exec",
-    "image",
-    "voice",
-    "video",
-    "music",
-    "news",
-    "transfer_customer_service",
-    "admin",
-    "help",
-    "timeout",
-];
+/// The match-rule keys, listed first among the keys.
+const RULE_KEYS: [&str; 6] = ["name", "aliases", "prefix", "regex", "event", "key"];
 
 /// The action keys; a table has exactly one.
 pub const ACTIONS: [&str; 9] = [
@@ -56,6 +37,30 @@ pub const ACTIONS: [&str; 9] = [
     "news",
     "transfer_customer_service",
 ];
+
+/// The keys that go with any command, listed last among the keys.
+const OTHER_KEYS: [&str; 3] = ["admin", "help", "timeout"];
+
+/// The keys a `[[command]]` table may have: the rules, the actions and the others, in that
+/// order (the order `wxmp check` lists them in). Built from those lists, so a new action is
+/// allowed where it is declared; a wrong length fails the build.
+pub const KEYS: [&str; 18] = concat_keys([&RULE_KEYS, &ACTIONS, &OTHER_KEYS]);
+
+const fn concat_keys<const N: usize>(parts: [&[&'static str]; 3]) -> [&'static str; N] {
+    let mut out = [""; N];
+    let (mut n, mut p) = (0, 0);
+    while p < parts.len() {
+        let mut i = 0;
+        while i < parts[p].len() {
+            out[n] = parts[p][i];
+            n += 1;
+            i += 1;
+        }
+        p += 1;
+    }
+    assert!(n == N, "KEYS' length must be the sum of its parts' lengths");
+    out
+}
 
 /// The events an event command may name (compared without ASCII case): those that carry an
 /// `EventKey` and whose reply WeChat shows.
