@@ -13,8 +13,11 @@
 //!
 //! Rows (each server freshly started, on a free loopback port, `workers` threads, its log in a
 //! temp folder): floor, wxmp plain, wxmp safe mode (encrypted, `msg_signature`-signed POSTs),
-//! wxmp answering a `file` command, wxmp answering an `exec` command; each with keep-alive and
-//! with a new connection per request. Every row: a warm-up run with the same load (its
+//! wxmp answering a `file` command, wxmp answering an `exec` command, and the two usual Python
+//! servers for an Official Account doing wxmp plain's job (Flask + wechatpy on gunicorn, and
+//! WeRoBot's own `robot.run()`: `benches/python/`, installed into `target/bench-python` by
+//! this bench the first time they run); each with keep-alive and with a new connection per
+//! request. Every row: a warm-up run with the same load (its
 //! stranded connections are reported), then the measured run. In-process client threads are
 //! the load generator (`benches/support/load.rs`, as `loadgen`); they share the CPUs with the
 //! server.
@@ -32,6 +35,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -40,8 +44,9 @@ use load::{LoadSpec, Report};
 use wxhttp::{BodyKind, PostSpec, Target};
 
 const USAGE: &str = "usage: cargo bench --bench compare -- [--duration 5] [--warmup 1] [--quick] \
-[--connections 32] [--workers 4] [--rounds 1] [--only floor,plain,safe,file,exec] \
-[--modes keep-alive,new-conn] [--log-level info] [--wxmp PATH] [--write] [--out FILE]";
+[--connections 32] [--workers 4] [--rounds 1] [--only floor,plain,safe,file,exec,flask,werobot] \
+[--modes keep-alive,new-conn] [--log-level info] [--wxmp PATH] [--python python3] [--write] \
+[--out FILE]";
 
 const TOKEN: &str = "benchToken2024";
 const APP_ID: &str = "wxbench0123456789";
@@ -59,9 +64,21 @@ enum Kind {
     Safe,
     File,
     Exec,
+    /// Flask + wechatpy on gunicorn (`benches/python/flask_wechatpy.py`).
+    Flask,
+    /// WeRoBot served by its own `robot.run()` (`benches/python/werobot_app.py`).
+    WeRoBot,
 }
 
-const KINDS: [Kind; 5] = [Kind::Floor, Kind::Plain, Kind::Safe, Kind::File, Kind::Exec];
+const KINDS: [Kind; 7] = [
+    Kind::Floor,
+    Kind::Plain,
+    Kind::Safe,
+    Kind::File,
+    Kind::Exec,
+    Kind::Flask,
+    Kind::WeRoBot,
+];
 
 impl Kind {
     fn key(self) -> &'static str {
@@ -71,7 +88,20 @@ impl Kind {
             Kind::Safe => "safe",
             Kind::File => "file",
             Kind::Exec => "exec",
+            Kind::Flask => "flask",
+            Kind::WeRoBot => "werobot",
         }
+    }
+
+    /// One of the Python servers: a process tree (gunicorn's master and workers) measured as
+    /// a whole, started from the bench's virtualenv.
+    fn python(self) -> bool {
+        matches!(self, Kind::Flask | Kind::WeRoBot)
+    }
+
+    /// A wxmp row (the rows the RSS target is about).
+    fn wxmp(self) -> bool {
+        matches!(self, Kind::Plain | Kind::Safe | Kind::File | Kind::Exec)
     }
 
     fn label(self) -> &'static str {
@@ -81,6 +111,8 @@ impl Kind {
             Kind::Safe => "wxmp safe mode (AES)",
             Kind::File => "wxmp `file` command",
             Kind::Exec => "wxmp `exec` command",
+            Kind::Flask => "Python: Flask + wechatpy, gunicorn",
+            Kind::WeRoBot => "Python: WeRoBot `robot.run()`",
         }
     }
 }
@@ -101,6 +133,15 @@ struct Options {
     /// The wxmp binary: the one cargo built for this bench, or another build to compare
     /// (`--wxmp target/x86_64-unknown-linux-musl/release/wxmp`, the shipped static binary).
     wxmp: PathBuf,
+    /// The Python interpreter the bench's virtualenv is made with.
+    python: String,
+    /// True when `--only` named the rows: a Python row that cannot be set up is then an error,
+    /// not a row left out.
+    only: bool,
+    /// The Python rows' virtualenv, once made ([`python_venv`]).
+    venv: Option<PathBuf>,
+    /// Why the Python rows were left out of a run that did not name them, for the table.
+    python_skipped: Option<String>,
 }
 
 fn seconds(name: &str, v: Option<String>) -> Result<Duration, String> {
@@ -134,6 +175,10 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         quick: false,
         log_level: "info".into(),
         wxmp: PathBuf::from(env!("CARGO_BIN_EXE_wxmp")),
+        python: "python3".into(),
+        only: false,
+        venv: None,
+        python_skipped: None,
     };
     let (mut duration, mut warmup) = (None, None);
     let mut it = args.iter().cloned();
@@ -158,6 +203,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                             .ok_or_else(|| format!("--only: unknown row {k:?}"))
                     })
                     .collect::<Result<_, _>>()?;
+                o.only = true;
             }
             "--modes" => {
                 let v = it.next().ok_or("--modes needs a value")?;
@@ -180,6 +226,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 o.log_level = v;
             }
             "--wxmp" => o.wxmp = PathBuf::from(it.next().ok_or("--wxmp needs a path")?),
+            "--python" => o.python = it.next().ok_or("--python needs an interpreter")?,
             "--write" => o.write = true,
             "--out" => {
                 o.out = PathBuf::from(it.next().ok_or("--out needs a file")?);
@@ -260,6 +307,8 @@ fn start(kind: Kind, opts: &Options, root: &Path, seq: usize) -> Result<Running,
             .arg(addr.to_string())
             .arg(opts.workers.to_string());
         c
+    } else if kind.python() {
+        python_command(kind, addr, opts)?
     } else {
         let bin = opts.wxmp.as_path();
         if !bin.is_file() {
@@ -317,6 +366,93 @@ fn start(kind: Kind, opts: &Options, root: &Path, seq: usize) -> Result<Running,
     }
 }
 
+/// The folder of the Python rows' code and pinned requirements.
+fn python_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/python")
+}
+
+/// The bench's own virtualenv (`target/bench-python`) with `benches/python/requirements.txt`
+/// installed from PyPI. Made the first time, and made anew whenever the requirements file
+/// differs from the one it was made with; otherwise reused as it is (no network).
+fn python_venv(python: &str) -> Result<PathBuf, String> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-python");
+    let requirements = python_dir().join("requirements.txt");
+    let wanted = fs::read_to_string(&requirements)
+        .map_err(|e| format!("cannot read {}: {e}", requirements.display()))?;
+    let stamp = venv.join("installed-requirements.txt");
+    if venv.join("bin/python").is_file() && fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(venv);
+    }
+    eprintln!(
+        "compare: installing the Python rows' packages into {} (once; needs PyPI)",
+        venv.display()
+    );
+    let _ = fs::remove_dir_all(&venv);
+    run_quietly(
+        Command::new(python).args(["-m", "venv"]).arg(&venv),
+        &format!("`{python} -m venv`"),
+    )?;
+    run_quietly(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--disable-pip-version-check", "--quiet", "-r"])
+            .arg(&requirements),
+        "`pip install -r benches/python/requirements.txt`",
+    )?;
+    fs::write(&stamp, wanted).map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
+    Ok(venv)
+}
+
+/// Runs a set-up command to its end; on failure, says which and the end of what it printed.
+fn run_quietly(cmd: &mut Command, what: &str) -> Result<(), String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{what} cannot run: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let printed = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = printed.lines().collect();
+    let tail = lines[lines.len().saturating_sub(8)..].join("\n");
+    Err(format!("{what} failed ({}):\n{tail}", out.status))
+}
+
+/// The command line of a Python row: gunicorn with `workers` sync worker processes for Flask,
+/// WeRoBot's own server for WeRoBot. In a process group of its own, so that no worker outlives
+/// the row ([`Running::stop`]).
+fn python_command(kind: Kind, addr: SocketAddr, opts: &Options) -> Result<Command, String> {
+    let venv = opts
+        .venv
+        .as_deref()
+        .ok_or("the Python rows' virtualenv is not set up")?;
+    let code = python_dir();
+    let mut c = if kind == Kind::Flask {
+        let mut c = Command::new(venv.join("bin/gunicorn"));
+        c.arg("--workers")
+            .arg(opts.workers.to_string())
+            .arg("--bind")
+            .arg(addr.to_string())
+            .args([
+                "--graceful-timeout",
+                "2",
+                "--no-control-socket",
+                "--pythonpath",
+            ])
+            .arg(&code)
+            .arg("flask_wechatpy:app");
+        c
+    } else {
+        let mut c = Command::new(venv.join("bin/python"));
+        c.arg(code.join("werobot_app.py"))
+            .env("WX_LISTEN", addr.to_string());
+        c
+    };
+    c.env("WX_TOKEN", TOKEN)
+        .env("WX_REPLY", DEFAULT_REPLY)
+        .process_group(0);
+    Ok(c)
+}
+
 /// One `GET /healthz` on a fresh connection; true on any complete HTTP answer.
 fn probe(addr: SocketAddr) -> bool {
     let Ok(mut c) = wxhttp::Conn::connect(addr, Duration::from_secs(1)) else {
@@ -339,23 +475,100 @@ fn proc_status(pid: u32) -> (Option<u64>, Option<u64>) {
     (field("VmHWM:"), field("Threads:"))
 }
 
+/// The fields of `/proc/PID/stat` after the command name (which is in parentheses and may
+/// hold spaces): the state first, then the parent's pid, ...
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    // The state is a letter: 0 in its place keeps the other fields' indices.
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
 /// CPU time (user + system) a process has used, from `/proc/PID/stat`.
 fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
+    let f = stat_fields(pid)?;
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here (state is 3rd).
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let ticks: u64 = f.get(11)? + f.get(12)?;
     // SAFETY: sysconf only reads a constant.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = u64::try_from(hz).ok().filter(|&h| h > 0)?;
     Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
 }
 
+/// A process and every descendant of it (gunicorn's master and its workers), from the
+/// parent pids in `/proc/*/stat`.
+fn process_tree(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u64)> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, *stat_fields(pid)?.get(1)?)))
+        .collect();
+    let mut tree = vec![root];
+    let mut i = 0;
+    while let Some(&p) = tree.get(i) {
+        tree.extend(
+            parents
+                .iter()
+                .filter(|&&(_, parent)| parent == u64::from(p))
+                .map(|&(pid, _)| pid),
+        );
+        i += 1;
+    }
+    tree
+}
+
 impl Running {
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The processes whose CPU time and memory are the server's: wxmp's and the floor's own
+    /// process (not the programs wxmp runs), a Python server's whole tree.
+    fn pids(&self) -> Vec<u32> {
+        if self.kind.python() {
+            process_tree(self.pid())
+        } else {
+            vec![self.pid()]
+        }
+    }
+
+    /// CPU time of [`Running::pids`], added up.
+    fn cpu_time(&self) -> Option<Duration> {
+        let pids = self.pids();
+        let (root, rest) = pids.split_first()?;
+        // A worker gone between the listing and the read is not counted; the root must be there.
+        Some(cpu_time(*root)? + rest.iter().filter_map(|&p| cpu_time(p)).sum::<Duration>())
+    }
+
+    /// Peak RSS (KiB) and threads of [`Running::pids`], each added up: for gunicorn, the peaks
+    /// of the master and of each worker.
+    fn status(&self) -> (Option<u64>, Option<u64>) {
+        let mut all = self.pids().into_iter().map(proc_status);
+        let (mut rss, mut threads) = all.next().unwrap_or((None, None));
+        for (r, t) in all {
+            // A worker gone between the listing and the read is not counted, as in `cpu_time`.
+            rss = rss.map(|a| a + r.unwrap_or(0));
+            threads = threads.map(|a| a + t.unwrap_or(0));
+        }
+        (rss, threads)
+    }
+
+    /// A Python server's process group, killed once its leader is gone, so that no worker of
+    /// it is left serving (or holding the port) after the row.
+    fn kill_group(&self) {
+        if !self.kind.python() {
+            return;
+        }
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) on the process group our child leads (`process_group(0)`).
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within [`STOP_WITHIN`].
@@ -367,6 +580,7 @@ impl Running {
         let deadline = Instant::now() + STOP_WITHIN;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
+                self.kill_group();
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -377,6 +591,7 @@ impl Running {
         );
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.kill_group();
     }
 }
 
@@ -386,6 +601,7 @@ impl Drop for Running {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        self.kill_group();
     }
 }
 
@@ -399,7 +615,7 @@ fn post_spec(kind: Kind) -> PostSpec {
         }
         Kind::File => p.text = Some("news".into()),
         Kind::Exec => p.text = Some("echo {n}".into()),
-        Kind::Floor | Kind::Plain => {}
+        Kind::Floor | Kind::Plain | Kind::Flask | Kind::WeRoBot => {}
     }
     p
 }
@@ -408,7 +624,9 @@ fn post_spec(kind: Kind) -> PostSpec {
 fn expected(kind: Kind) -> Vec<u8> {
     match kind {
         Kind::Floor => b"<![CDATA[floor]]>".to_vec(),
-        Kind::Plain => format!("<![CDATA[{DEFAULT_REPLY}]]>").into_bytes(),
+        Kind::Plain | Kind::Flask | Kind::WeRoBot => {
+            format!("<![CDATA[{DEFAULT_REPLY}]]>").into_bytes()
+        }
         Kind::Safe => b"<Encrypt><![CDATA[".to_vec(),
         Kind::File => b"<![CDATA[bench news: ".to_vec(),
         Kind::Exec => b"<![CDATA[echoed ".to_vec(),
@@ -489,10 +707,10 @@ fn measure(
     spec.duration = opts.warmup;
     let warm = load::run(&spec);
     spec.duration = opts.duration;
-    let cpu0 = cpu_time(server.pid());
+    let cpu0 = server.cpu_time();
     let run = load::run(&spec);
-    let cpu1 = cpu_time(server.pid());
-    let (peak_rss_kib, threads) = proc_status(server.pid());
+    let cpu1 = server.cpu_time();
+    let (peak_rss_kib, threads) = server.status();
     server.stop();
     let cpu_us_per_req = match (cpu0, cpu1) {
         (Some(a), Some(b)) if run.ok > 0 => {
@@ -548,7 +766,9 @@ fn measure_unstranded(
     loop {
         *seq += 1;
         let mut row = measure(kind, new_conn, opts, root, *seq)?;
-        if row.run.stranded == 0 || reruns + 1 == TRIES {
+        // A Python server's unanswered connections are its own doing, not tiny_http's defect:
+        // WeRoBot's single-threaded server has a listen backlog of 5.
+        if row.run.stranded == 0 || reruns + 1 == TRIES || kind.python() {
             row.reruns = reruns;
             return Ok(row);
         }
@@ -673,6 +893,22 @@ fn report(rows: &[Row], opts: &Options, command: &str, started: &str, machine: &
         },
         opts.connections,
     );
+    if rows.iter().any(|r| r.kind.python()) {
+        let _ = writeln!(
+            md,
+            "The Python rows (`benches/python/`, the packages pinned in its `requirements.txt`) do \
+             wxmp plain's job without its retry table or its log line: Flask + wechatpy on \
+             gunicorn with {} sync worker processes (gunicorn's default worker, which closes \
+             every connection after its answer, so its keep-alive row is a connection per \
+             request too), and WeRoBot's `robot.run()` (bottle's `auto` server: Python's \
+             single-threaded wsgiref, logging each request to stderr; its listen backlog of 5 \
+             drops the connection attempts beyond it, which the client's TCP tries again after \
+             1 s, 3 s, ...: its timeouts and unanswered connections, not run again). Their CPU \
+             time and peak RSS are their whole process tree's (the processes' peaks added up, so \
+             what gunicorn's workers share with their master counts once for each).\n",
+            opts.workers
+        );
+    }
     md.push_str(
         "| server | connections | req/s | p50 ms | p99 ms | max ms | errors | timeouts | \
          non-2xx / wrong | stranded (warm-up → measured) | server CPU µs/req | peak RSS MiB |\n\
@@ -710,7 +946,17 @@ fn report(rows: &[Row], opts: &Options, command: &str, started: &str, machine: &
         ("safe / plain", Kind::Safe, Kind::Plain),
         ("file / plain", Kind::File, Kind::Plain),
         ("exec / plain", Kind::Exec, Kind::Plain),
+        (
+            "wxmp plain / Python: Flask + wechatpy, gunicorn",
+            Kind::Plain,
+            Kind::Flask,
+        ),
+        ("wxmp plain / Python: WeRoBot", Kind::Plain, Kind::WeRoBot),
     ] {
+        // A Python row is not in every run (`--only`, or left out): no line of dashes for it.
+        if b.python() && !rows.iter().any(|r| r.kind == b) {
+            continue;
+        }
         let _ = writeln!(
             md,
             "| {name} | {} | {} |",
@@ -753,7 +999,7 @@ fn report(rows: &[Row], opts: &Options, command: &str, started: &str, machine: &
     }
     let rss = rows
         .iter()
-        .filter(|r| r.kind != Kind::Floor)
+        .filter(|r| r.kind.wxmp())
         .filter_map(|r| r.peak_rss_kib)
         .max();
     if let Some(k) = rss {
@@ -769,6 +1015,14 @@ fn report(rows: &[Row], opts: &Options, command: &str, started: &str, machine: &
             md,
             "| safe mode ≥ 0.8× plain (keep-alive) | {r:.2} | {} |",
             yes(r >= 0.8)
+        );
+    }
+    if let Some(why) = &opts.python_skipped {
+        let _ = writeln!(
+            md,
+            "\nThe Python rows were left out: their virtualenv could not be set up ({}). \
+             `--only flask,werobot` shows the whole error.",
+            why.lines().next().unwrap_or_default()
         );
     }
     let reruns: Vec<String> = rows
@@ -856,7 +1110,7 @@ fn main() -> ExitCode {
         println!("compare: not run without arguments (cargo test); run it with\n{USAGE}");
         return ExitCode::SUCCESS;
     }
-    let opts = match parse_args(&args) {
+    let mut opts = match parse_args(&args) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("{e}");
@@ -873,6 +1127,20 @@ fn main() -> ExitCode {
     } else {
         format!("cargo bench --bench compare -- {}", shown.join(" "))
     };
+    if opts.kinds.iter().any(|k| k.python()) {
+        match python_venv(&opts.python) {
+            Ok(venv) => opts.venv = Some(venv),
+            Err(e) if opts.only => {
+                eprintln!("compare: the Python rows cannot run: {e}");
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("compare: leaving the Python rows out: {e}");
+                opts.kinds.retain(|k| !k.python());
+                opts.python_skipped = Some(e);
+            }
+        }
+    }
     let started = utc_now();
     // Read before any server or load runs, so the load average is the machine's, not ours.
     let machine = machine();
