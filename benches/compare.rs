@@ -411,7 +411,8 @@ fn run_quietly(cmd: &mut Command, what: &str) -> Result<(), String> {
     if out.status.success() {
         return Ok(());
     }
-    let printed = String::from_utf8_lossy(&out.stderr);
+    // `python3 -m venv` says what is missing (Debian's python3-venv) on stdout, pip on stderr.
+    let printed = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = printed.lines().collect();
     let tail = lines[lines.len().saturating_sub(8)..].join("\n");
     Err(format!("{what} failed ({}):\n{tail}", out.status))
