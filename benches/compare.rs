@@ -17,10 +17,9 @@
 //! servers for an Official Account doing wxmp plain's job (Flask + wechatpy on gunicorn, and
 //! WeRoBot's own `robot.run()`: `benches/python/`, installed into `target/bench-python` by
 //! this bench the first time they run); each with keep-alive and with a new connection per
-//! request. Every row: a warm-up run with the same load (its
-//! stranded connections are reported), then the measured run. In-process client threads are
-//! the load generator (`benches/support/load.rs`, as `loadgen`); they share the CPUs with the
-//! server.
+//! request. Every row: a warm-up run with the same load (its stranded connections are
+//! reported), then the measured run. In-process client threads are the load generator
+//! (`benches/support/load.rs`, as `loadgen`); they share the CPUs with the server.
 //!
 //! With no arguments at all (`cargo test --benches`) it only prints how to run it.
 
