@@ -1422,6 +1422,31 @@ mod tests {
     }
 
     #[test]
+    fn only_long_options_with_a_value_take_it_after_an_equals_sign() {
+        assert_eq!(ok(&["--to=gh_x", "hi"]).to, "gh_x");
+        for (list, needle) in [
+            (&["--raw=yes", "hi"][..], "unknown option '--raw'"),
+            (&["--verify=1"][..], "unknown option '--verify'"),
+            (&["-c=wxmp.toml", "hi"][..], "unknown option '-c=wxmp.toml'"),
+            (&["-h=1"][..], "unknown option '-h=1'"),
+        ] {
+            let e = args(list).unwrap_err();
+            assert!(e.contains(needle), "{list:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_lone_dash_is_text_and_the_sender_and_account_cannot_be_empty() {
+        assert_eq!(ok(&["-"]).what, What::Text("-".into()));
+        for list in [&["--from=", "hi"][..], &["--to", "", "hi"][..]] {
+            assert_eq!(
+                args(list).unwrap_err(),
+                "--from and --to must not be empty",
+                "{list:?}"
+            );
+        }
+    }
+    #[test]
     fn urls() {
         let u = parse_url("http://127.0.0.1:8880/wx/?a=1").unwrap();
         assert_eq!(
@@ -1463,6 +1488,33 @@ mod tests {
             default_url("10.0.0.5:1", "/").unwrap(),
             "http://10.0.0.5:1/"
         );
+    }
+
+    #[test]
+    fn the_signed_query_follows_a_url_that_already_ends_its_query_without_an_extra_separator() {
+        for (url, target) in [
+            ("http://h/wx?", "/wx?signature=s&nonce=1"),
+            ("http://h/wx?a=1&", "/wx?a=1&signature=s&nonce=1"),
+        ] {
+            let u = parse_url(url).unwrap();
+            assert_eq!(u.with_query(&[("signature", "s"), ("nonce", "1")]), target);
+        }
+    }
+
+    #[test]
+    fn refused_urls_say_what_is_wrong_with_them() {
+        for (bad, needle) in [
+            ("ftp://x/", "only http:// URLs are supported"),
+            ("example.com/wx", "must start with http://"),
+            ("http://[]:80/", "no usable host"),
+            ("http://user@h/", "no usable host"),
+            ("http://h:x/", "port \"x\" is not 1-65535"),
+        ] {
+            match parse_url(bad) {
+                Err(UrlError::Bad(e)) => assert!(e.contains(needle), "{bad}: {e}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     fn stamp() -> Stamp {
@@ -1570,6 +1622,45 @@ mod tests {
             .unwrap()
             .summary;
         assert!(s.contains("any customer-service"), "{s}");
+    }
+
+    #[test]
+    fn a_text_over_2048_bytes_is_shown_with_a_warning_and_one_of_2048_without() {
+        for (len, warned) in [(1, false), (TEXT_LIMIT, false), (TEXT_LIMIT + 1, true)] {
+            let text = "a".repeat(len);
+            let out = checked(200, &reply("text", &format!("<Content>{text}</Content>"))).unwrap();
+            assert_eq!(out.summary, text);
+            assert_eq!(out.warnings.len(), usize::from(warned), "{len}: {out:?}");
+        }
+        let out = checked(
+            200,
+            &reply("text", &format!("<Content>{}</Content>", "a".repeat(2049))),
+        );
+        assert_eq!(
+            out.unwrap().warnings,
+            ["the text is 2049 bytes; WeChat may cut or refuse texts over 2048 bytes"]
+        );
+    }
+
+    #[test]
+    fn a_transfer_names_the_customer_service_account_when_it_has_one() {
+        for (trans_info, summary) in [
+            (
+                "<TransInfo><KfAccount>kf2001@gh_a</KfAccount></TransInfo>",
+                "[transfer_customer_service] to customer-service account kf2001@gh_a",
+            ),
+            (
+                "<TransInfo><KfAccount> </KfAccount></TransInfo>",
+                "[transfer_customer_service] to any customer-service account",
+            ),
+            (
+                "",
+                "[transfer_customer_service] to any customer-service account",
+            ),
+        ] {
+            let out = checked(200, &reply("transfer_customer_service", trans_info)).unwrap();
+            assert_eq!(out.summary, summary, "{trans_info}");
+        }
     }
 
     #[test]
@@ -1704,6 +1795,13 @@ mod tests {
         let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n";
         assert!(!is_complete(chunked));
         assert!(is_complete(&[&chunked[..], b"0\r\n\r\n"].concat()));
+    }
+
+    #[test]
+    fn the_word_chunked_elsewhere_in_the_header_leaves_content_length_in_charge() {
+        let raw = b"HTTP/1.1 200 OK\r\nX-Note: chunked\r\nContent-Length: 2\r\n\r\nok";
+        assert!(is_complete(raw));
+        assert_eq!(parse_http_response(raw).unwrap().body, b"ok");
     }
 
     #[test]
