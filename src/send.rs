@@ -834,7 +834,8 @@ fn is_complete(raw: &[u8]) -> bool {
     let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
     let body = &raw[head_end + 4..];
     if head.contains("\r\ntransfer-encoding:") && head.contains("chunked") {
-        return body.ends_with(b"0\r\n\r\n");
+        // Read chunk by chunk: a chunk's data may itself end in "0\r\n".
+        return dechunk(body).is_ok();
     }
     head.split("\r\n")
         .find_map(|l| l.strip_prefix("content-length:"))
@@ -1795,6 +1796,17 @@ mod tests {
         let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n";
         assert!(!is_complete(chunked));
         assert!(is_complete(&[&chunked[..], b"0\r\n\r\n"].concat()));
+    }
+
+    #[test]
+    fn a_chunk_whose_data_ends_like_the_last_chunk_does_not_end_the_answer() {
+        // The chunk "ab0\r\n" and its CRLF: the bytes so far end as the last chunk does.
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let first = [&head[..], b"5\r\nab0\r\n\r\n"].concat();
+        assert!(!is_complete(&first));
+        let whole = [&first[..], b"1\r\nc\r\n0\r\n\r\n"].concat();
+        assert!(is_complete(&whole));
+        assert_eq!(parse_http_response(&whole).unwrap().body, b"ab0\r\nc");
     }
 
     #[test]

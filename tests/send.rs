@@ -317,8 +317,6 @@ fn fake_server_holding(
     delay: Duration,
     hold: Duration,
 ) -> (SocketAddr, mpsc::Receiver<String>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
     let answer = if answer.starts_with("HTTP/") {
         answer.to_string()
     } else {
@@ -327,6 +325,18 @@ fn fake_server_holding(
             answer.len()
         )
     };
+    fake_server_in_parts(vec![answer], delay, hold)
+}
+
+/// A one-connection server that reads the request, then writes each of `parts` (the raw
+/// response, in pieces) after waiting `delay`, and keeps the connection open for `hold`.
+fn fake_server_in_parts(
+    parts: Vec<String>,
+    delay: Duration,
+    hold: Duration,
+) -> (SocketAddr, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let Ok((mut s, _)) = listener.accept() else {
@@ -356,8 +366,10 @@ fn fake_server_holding(
                 Ok(n) => raw.extend_from_slice(&buf[..n]),
             }
         }
-        std::thread::sleep(delay);
-        let _ = s.write_all(answer.as_bytes());
+        for part in &parts {
+            std::thread::sleep(delay);
+            let _ = s.write_all(part.as_bytes());
+        }
         std::thread::sleep(hold);
     });
     (addr, rx)
@@ -530,4 +542,29 @@ fn an_answer_on_a_connection_left_open_is_taken_at_once() {
         r.took < Duration::from_secs(2),
         "did not wait for the close: {r:?}"
     );
+}
+
+#[test]
+fn a_chunked_reply_is_read_to_its_last_chunk_even_when_a_chunk_ends_in_0_crlf() {
+    // The text ends its first line with "10" and the server sends that chunk on its own: the
+    // bytes read so far end in "0\r\n\r\n", as the last chunk does, but the reply goes on.
+    let first = format!(
+        "<xml><ToUserName><![CDATA[o_wxmp_send_user]]></ToUserName><FromUserName><![CDATA[gh_wxmp_send]]></FromUserName><CreateTime>{}</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[共 10\r\n",
+        now()
+    );
+    let second = "条]]></Content></xml>";
+    let (addr, _rx) = fake_server_in_parts(
+        vec![
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n",
+                first.len()
+            ),
+            format!("{:x}\r\n{second}\r\n0\r\n\r\n", second.len()),
+        ],
+        Duration::from_millis(300),
+        Duration::ZERO,
+    );
+    let url = format!("http://{addr}/");
+    let r = send(&["--url", &url, "--token", TOKEN, "--timeout", "5", "几条"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "共 10\n条\n"), "{r:?}");
 }
