@@ -1271,6 +1271,13 @@ pub fn run(args: &[String]) -> u8 {
     }
 }
 
+/// Whether a message whose `attempt`th try got no answer within `timeout` is sent again: up to
+/// `tries` in all, and only while the next try starts within the 30 s a server takes a reused
+/// URL for a retry (`replay::RETRIES_WITHIN`), as WeChat's 5 s tries do.
+fn tries_again(attempt: u32, tries: u32, timeout: Duration) -> bool {
+    attempt < tries && timeout * attempt < crate::replay::RETRIES_WITHIN
+}
+
 /// Does the exchange; `Ok` holds what to print, warnings already written to stderr.
 fn send(args: &SendArgs) -> Result<Vec<String>, String> {
     let target = resolve(args)?;
@@ -1284,12 +1291,9 @@ fn send(args: &SendArgs) -> Result<Vec<String>, String> {
             let mut attempt = 1;
             let resp = loop {
                 match exchange(&url, &req, args.timeout) {
-                    // Only while the next try starts within the 30 s a server takes a reused
-                    // URL for a retry (`replay::RETRIES_WITHIN`), as WeChat's 5 s tries do.
                     Err(e)
                         if e.starts_with(TIMED_OUT)
-                            && attempt < tries
-                            && args.timeout * attempt < crate::replay::RETRIES_WITHIN =>
+                            && tries_again(attempt, tries, args.timeout) =>
                     {
                         attempt += 1;
                         eprintln!(
@@ -1827,6 +1831,28 @@ mod tests {
             "'https://example.com/wx/?{}'",
             r.target.split_once('?').unwrap().1
         )));
+    }
+
+    #[test]
+    fn a_message_is_tried_3_times_while_each_try_starts_within_30_s_of_the_first() {
+        let secs = Duration::from_secs;
+        for (attempt, timeout, again) in [
+            (1, secs(5), true),
+            (2, secs(5), true),
+            (3, secs(5), false),
+            (1, secs(15), true),
+            // The third try would start 30 s after the first: a server takes it for new.
+            (2, secs(15), false),
+            (2, secs(20), false),
+            (1, secs(29), true),
+            (1, secs(30), false),
+        ] {
+            assert_eq!(
+                tries_again(attempt, TRIES, timeout),
+                again,
+                "after try {attempt} of {timeout:?}"
+            );
+        }
     }
 
     #[test]
