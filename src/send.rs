@@ -1856,6 +1856,20 @@ mod tests {
     }
 
     #[test]
+    fn error_messages_quote_the_first_120_characters_of_what_the_server_said() {
+        assert_eq!(snippet("短 answer".as_bytes()), "短 answer");
+        let exactly = "字".repeat(120);
+        assert_eq!(snippet(exactly.as_bytes()), exactly);
+        let longer = format!("{exactly}x");
+        assert_eq!(snippet(longer.as_bytes()), format!("{exactly}…"));
+        let e = checked(200, &format!("Fatal error: {longer}")).unwrap_err();
+        assert!(
+            e.ends_with(&format!("It starts: Fatal error: {}…", "字".repeat(107))),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn timeouts() {
         assert_eq!(parse_timeout("2.5").unwrap(), Duration::from_millis(2500));
         assert_eq!(parse_timeout("5s").unwrap(), Duration::from_secs(5));

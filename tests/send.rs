@@ -231,6 +231,9 @@ fn safe_mode_is_used_when_the_config_has_a_key() {
         "decrypted XML follows: {r:?}"
     );
     assert!(w.wait_for_log("oSafe text \"again\""));
+    // "success" is not encrypted, so there is nothing decrypted to show under it.
+    let r = send_in(&dir, &["--raw", "--event", "CLICK", "--key", "MENU_1"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "success\n"), "{r:?}");
     // A wrong key: the server cannot open the message and says so with a 4xx.
     std::fs::write(
         dir.join("wxmp.toml"),
@@ -262,6 +265,10 @@ fn connection_refused_is_a_clear_error() {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("connection refused"), "{r:?}");
     assert!(r.stderr.contains("Is wxmp running"), "{r:?}");
+    assert!(
+        !r.stderr.contains("(try 2"),
+        "only a try with no answer is repeated: {r:?}"
+    );
 }
 
 #[test]
@@ -470,6 +477,7 @@ fn a_reply_slower_than_the_timeout_fails_in_time() {
         r.stderr.contains("(try 2 of 3)") && r.stderr.contains("(try 3 of 3)"),
         "{r:?}"
     );
+    assert!(!r.stderr.contains("(try 4"), "three tries in all: {r:?}");
     assert!(
         r.took < Duration::from_millis(5500),
         "gave up in time: {r:?}"
@@ -567,4 +575,172 @@ fn a_chunked_reply_is_read_to_its_last_chunk_even_when_a_chunk_ends_in_0_crlf() 
     let url = format!("http://{addr}/");
     let r = send(&["--url", &url, "--token", TOKEN, "--timeout", "5", "几条"]);
     assert_eq!((r.code, r.stdout.as_str()), (0, "共 10\n条\n"), "{r:?}");
+}
+
+/// A reply from `gh_wxmp_send` to `o_wxmp_send_user` (the defaults) of `msg_type`, with `body`.
+fn reply_to_default_user(msg_type: &str, body: &str) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[o_wxmp_send_user]]></ToUserName><FromUserName><![CDATA[gh_wxmp_send]]></FromUserName><CreateTime>{}</CreateTime><MsgType><![CDATA[{msg_type}]]></MsgType>{body}</xml>",
+        now()
+    )
+}
+
+#[test]
+fn an_answer_of_up_to_1_mib_is_read_and_one_byte_more_is_refused() {
+    // No Content-Length: the answer ends when the server closes, so every byte is counted.
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nConnection: close\r\n\r\n";
+    let reply = reply_to_default_user("text", "<Content><![CDATA[big]]></Content>");
+    for size in [1024 * 1024, 1024 * 1024 + 1] {
+        // Blanks after </xml>, which WeChat ignores.
+        let pad = " ".repeat(size - head.len() - reply.len());
+        let (addr, _rx) = fake_server(&format!("{head}{reply}{pad}"), Duration::ZERO);
+        let url = format!("http://{addr}/");
+        let r = send(&["--url", &url, "--token", TOKEN, "hi"]);
+        if size == 1024 * 1024 {
+            assert_eq!((r.code, r.stdout.as_str()), (0, "big\n"), "{r:?}");
+        } else {
+            assert_eq!(r.code, 1, "{r:?}");
+            assert!(r.stderr.contains("is over 1024 KiB"), "{r:?}");
+        }
+    }
+}
+
+#[test]
+fn an_answer_that_stops_half_way_is_no_answer_and_the_message_is_sent_again() {
+    let (addr, _rx) = fake_server_holding(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: 100\r\n\r\n<xml>",
+        Duration::ZERO,
+        Duration::from_secs(5),
+    );
+    let url = format!("http://{addr}/");
+    let r = send(&["--url", &url, "--token", TOKEN, "--timeout", "1", "hi"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("no complete answer from"), "{r:?}");
+    assert!(r.stderr.contains("(try 3 of 3)"), "{r:?}");
+    assert!(
+        !r.stderr.contains("closed"),
+        "the server never closed: {r:?}"
+    );
+}
+
+#[test]
+fn an_event_may_be_answered_with_up_to_8_articles_and_a_message_with_1() {
+    let news = |n: usize| {
+        let items = "<item><Title><![CDATA[T]]></Title><Url><![CDATA[http://u/]]></Url></item>";
+        reply_to_default_user(
+            "news",
+            &format!(
+                "<ArticleCount>{n}</ArticleCount><Articles>{}</Articles>",
+                items.repeat(n)
+            ),
+        )
+    };
+    let (r, _) = send_to_fake(&news(8), Duration::ZERO, &["--event", "subscribe"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.starts_with("[news] 8 articles\n"), "{r:?}");
+    let (r, _) = send_to_fake(&news(2), Duration::ZERO, &["hi"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("WeChat takes 1 to 1 in answer to a user message"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn the_config_file_and_the_token_may_come_from_the_environment() {
+    let w = Wxmp::start("[reply]\ndefault = \"from the server\"");
+    let dir = temp_dir("send-env");
+    std::fs::write(
+        dir.join("elsewhere.toml"),
+        format!("token = \"wrongToken1\"\nlisten = \"{}\"\n", w.addr),
+    )
+    .unwrap();
+    let r = send_with_env(
+        &dir,
+        &["--from", "oEnv", "hi"],
+        &[("WXMP_CONFIG", "elsewhere.toml"), ("WXMP_TOKEN", TOKEN)],
+    );
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "from the server\n"),
+        "{r:?}"
+    );
+    assert!(w.wait_for_log("oEnv text \"hi\""));
+    // Set but empty is unset, as for `wxmp serve`: ./wxmp.toml, which is not there.
+    let r = send_with_env(&dir, &["hi"], &[("WXMP_CONFIG", "")]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("no token to sign with"), "{r:?}");
+}
+
+/// A folder holding a `curl` that records its arguments in `args.txt` beside it and, like
+/// `curl -o - -w "\n%{http_code}"`, prints `body` then a line with the status; with
+/// `FAKE_CURL_FAIL` set it fails as curl does for an unknown host.
+fn fake_curl(body: &str) -> std::path::PathBuf {
+    let dir = temp_dir("fake-curl");
+    let script = dir.join("curl");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{}'\n\
+             if [ -n \"$FAKE_CURL_FAIL\" ]; then\n\
+             printf 'curl: (6) Could not resolve host: example.com\\n' >&2; exit 6\nfi\n\
+             printf '%s\\n200' '{body}'\n",
+            dir.join("args.txt").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[test]
+fn an_https_url_goes_through_curl_with_the_signed_query_and_the_body() {
+    let bin = fake_curl(&reply_to_default_user(
+        "text",
+        "<Content><![CDATA[via curl]]></Content>",
+    ));
+    let path = bin.to_str().expect("utf-8 path");
+    let args = [
+        "--url",
+        "https://example.com/wx/",
+        "--token",
+        TOKEN,
+        "a]]>b",
+    ];
+    let r = send_with_env(&temp_dir("send"), &args, &[("PATH", path)]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "via curl\n"), "{r:?}");
+    let curl_args = std::fs::read_to_string(bin.join("args.txt")).unwrap();
+    let curl_args: Vec<&str> = curl_args.lines().collect();
+    let body = curl_args
+        .iter()
+        .position(|&a| a == "--data-binary")
+        .map(|i| curl_args[i + 1])
+        .expect("the body is posted");
+    let msg = wxmp::message::parse(body).expect("WeChat-style XML");
+    assert_eq!(msg.field("Content"), Some("a]]>b"));
+    let url = curl_args.last().unwrap();
+    let query = url
+        .strip_prefix("https://example.com/wx/?")
+        .expect("the signed query on the URL");
+    let query = wxmp::server::Query::parse(query);
+    assert!(wxmp::signature::verify(
+        TOKEN,
+        query.get("timestamp").unwrap(),
+        query.get("nonce").unwrap(),
+        query.get("signature").unwrap()
+    ));
+
+    let r = send_with_env(
+        &temp_dir("send"),
+        &args,
+        &[("PATH", path), ("FAKE_CURL_FAIL", "1")],
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains(
+            "curl could not reach https://example.com/wx/: curl: (6) Could not resolve host"
+        ),
+        "{r:?}"
+    );
 }
