@@ -744,3 +744,67 @@ fn an_https_url_goes_through_curl_with_the_signed_query_and_the_body() {
         "{r:?}"
     );
 }
+
+#[test]
+fn an_unreachable_address_is_neither_refused_nor_slow_and_is_not_tried_again() {
+    // Linux refuses TCP to a broadcast address at once: ENETUNREACH, whatever the network.
+    let r = send(&[
+        "--url",
+        "http://255.255.255.255:80/",
+        "--token",
+        TOKEN,
+        "hi",
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("cannot connect to 255.255.255.255:80: Network is unreachable"),
+        "{r:?}"
+    );
+    assert!(!r.stderr.contains("(try 2"), "{r:?}");
+}
+
+/// A one-connection server that reads the request's head but not its body, waits for the body
+/// to arrive, writes `answer` (nothing when empty) and closes: the unread body makes the close
+/// a reset.
+fn resetting_server(answer: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match s.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = s.write_all(answer.as_bytes());
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    addr
+}
+
+#[test]
+fn an_answer_followed_by_a_reset_is_used_and_a_reset_alone_is_an_error() {
+    // No Content-Length: only the end of the connection ends this answer.
+    let addr = resetting_server(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\n\r\n<xml><ToUserName><![CDATA[o_wxmp_send_user]]></ToUserName><FromUserName><![CDATA[gh_wxmp_send]]></FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[then reset]]></Content></xml>",
+    );
+    let url = format!("http://{addr}/");
+    let r = send(&["--url", &url, "--token", TOKEN, "hi"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "then reset\n"), "{r:?}");
+
+    let addr = resetting_server("");
+    let url = format!("http://{addr}/");
+    let r = send(&["--url", &url, "--token", TOKEN, "hi"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("failed: Connection reset by peer"),
+        "{r:?}"
+    );
+}
