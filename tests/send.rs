@@ -743,6 +743,17 @@ fn an_https_url_goes_through_curl_with_the_signed_query_and_the_body() {
         ),
         "{r:?}"
     );
+
+    // A curl that is there but cannot be run is not called missing.
+    let unrunnable = temp_dir("unrunnable-curl");
+    std::fs::write(unrunnable.join("curl"), "not a program").unwrap();
+    let path = unrunnable.to_str().expect("utf-8 path");
+    let r = send_with_env(&temp_dir("send"), &args, &[("PATH", path)]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("cannot run curl: Permission denied"),
+        "{r:?}"
+    );
 }
 
 #[test]
