@@ -756,25 +756,6 @@ fn an_https_url_goes_through_curl_with_the_signed_query_and_the_body() {
     );
 }
 
-#[test]
-fn an_unreachable_address_is_neither_refused_nor_slow_and_is_not_tried_again() {
-    // Linux refuses TCP to a broadcast address at once: ENETUNREACH, whatever the network.
-    let r = send(&[
-        "--url",
-        "http://255.255.255.255:80/",
-        "--token",
-        TOKEN,
-        "hi",
-    ]);
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(
-        r.stderr
-            .contains("cannot connect to 255.255.255.255:80: Network is unreachable"),
-        "{r:?}"
-    );
-    assert!(!r.stderr.contains("(try 2"), "{r:?}");
-}
-
 /// A one-connection server that reads the request's head but not its body, waits for the body
 /// to arrive, writes `answer` (nothing when empty) and closes: the unread body makes the close
 /// a reset.
