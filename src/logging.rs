@@ -1255,6 +1255,99 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A batch of 30-byte records, written with `write_records` into a 100-byte file that holds
+    /// `before` bytes; returns the contents of the files afterwards (oldest first) and the
+    /// `write` calls the batch took.
+    fn write_batch(tag: &str, before: usize, records: &[char]) -> (Vec<String>, u64) {
+        let dir = temp_dir(tag);
+        let mut file = RotatingFile::open(&dir, 100, 10).unwrap();
+        file.write_all(format!("{}\n", "-".repeat(before - 1)).as_bytes())
+            .unwrap();
+        let (mut bytes, mut ends) = (Vec::new(), Vec::new());
+        for c in records {
+            bytes.extend_from_slice(format!("{}\n", c.to_string().repeat(29)).as_bytes());
+            ends.push(bytes.len());
+        }
+        let units = file.units;
+        file.write_records(&bytes, &ends).unwrap();
+        let units = file.units - units;
+        drop(file);
+        let files = files_in(&dir).into_iter().map(|(_, c)| c).collect();
+        fs::remove_dir_all(&dir).unwrap();
+        (files, units)
+    }
+
+    /// A folder that refuses the rotation (the service's user may write `wxmp.log` but not its
+    /// folder): every line goes on into the same file, the problem is said once (`warned`), and
+    /// the file rotates once the folder allows it. As root, the writing thread drops to `nobody`
+    /// first (credentials are per thread in Linux), since root may write any folder.
+    #[test]
+    fn a_rotation_the_folder_refuses_keeps_every_line_in_the_same_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("rotation-refused");
+        let line = |c: char| format!("{}\n", c.to_string().repeat(59));
+        let mut file = RotatingFile::open(&dir, 100, 10).unwrap();
+        file.write_all(line('a').as_bytes()).unwrap();
+        fs::set_permissions(dir.join(FILE_NAME), fs::Permissions::from_mode(0o666)).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o555)).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: the raw system call changes this thread's credentials only (glibc's
+                // setresuid would change every thread's); the thread ends right after.
+                if unsafe { libc::geteuid() } == 0 {
+                    let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+                    assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+                }
+                file.write_all(line('b').as_bytes()).unwrap();
+                assert!(file.warned, "the refused rotation was not said");
+                file.write_all(line('c').as_bytes()).unwrap();
+            })
+            .join()
+            .unwrap();
+        });
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join(FILE_NAME)).unwrap(),
+            line('a') + &line('b') + &line('c')
+        );
+        file.write_all(line('d').as_bytes()).unwrap();
+        assert!(!file.warned);
+        let contents: Vec<String> = files_in(&dir).into_iter().map(|(_, c)| c).collect();
+        assert_eq!(contents, [line('a') + &line('b') + &line('c'), line('d')]);
+        drop(file);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A record that fills the file to exactly `max_size` goes into it, even when more records
+    /// follow in the same batch; the next one starts the fresh file.
+    #[test]
+    fn a_record_that_fills_the_file_exactly_stays_in_it_when_more_follow() {
+        let line = |c: char| format!("{}\n", c.to_string().repeat(29));
+        let (files, units) = write_batch("exact-fill", 70, &['a', 'b']);
+        assert_eq!(
+            files,
+            [format!("{}\n{}", "-".repeat(69), line('a')), line('b')]
+        );
+        assert_eq!(units, 2);
+    }
+
+    /// A batch whose first record does not fit rotates once and goes into the fresh file in
+    /// one write, as many records as fit there.
+    #[test]
+    fn a_batch_that_rotates_fills_the_fresh_file_in_one_write() {
+        let line = |c: char| format!("{}\n", c.to_string().repeat(29));
+        let (files, units) = write_batch("rotating-batch", 80, &['a', 'b', 'c', 'd']);
+        assert_eq!(
+            files,
+            [
+                format!("{}\n", "-".repeat(79)),
+                line('a') + &line('b') + &line('c'),
+                line('d'),
+            ]
+        );
+        assert_eq!(units, 2, "one write for a, b and c, one for d");
+    }
+
     /// Eight threads log at once through a tiny file: the writer must write every record
     /// once, whole and in each thread's order, rotate only between records and only when the
     /// next unit would not fit, and echo exactly the same bytes in the same order.

@@ -397,3 +397,40 @@ fn open_rejects_a_zero_max_size() {
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A rotated file old enough to go that cannot be deleted (a log folder the service's user may
+/// not write) makes pruning fail, so that it is said, rather than kept for ever in silence. As
+/// root, the thread that prunes drops to `nobody` first (credentials are per thread in Linux),
+/// since root may write any folder.
+#[test]
+fn an_old_rotated_file_that_cannot_be_deleted_is_an_error_not_a_silent_keep() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("prune-denied");
+    let rf = RotatingFile::open(&dir, 1024, 10).unwrap();
+    let old = dir.join("wxmp.log.20200101-000000.1");
+    fs::write(&old, "x\n").unwrap();
+    age(&old, 11);
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o555)).unwrap();
+    let denied = thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: the raw system call changes this thread's credentials only (glibc's
+            // setresuid would change every thread's); the thread ends right after.
+            if unsafe { libc::geteuid() } == 0 {
+                let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+                assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+            }
+            rf.prune_old()
+        })
+        .join()
+        .unwrap()
+    });
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(
+        denied.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::PermissionDenied)
+    );
+    assert!(old.exists());
+    assert_eq!(rf.prune_old().unwrap(), 1, "deleted once it may be");
+    drop(rf);
+    fs::remove_dir_all(&dir).unwrap();
+}
