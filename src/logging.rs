@@ -1553,7 +1553,13 @@ mod tests {
             "the note comes last, after the older lines stderr kept"
         );
         assert_eq!(kept_lines + dropped, RECORDS, "every line kept or counted");
-        assert!(kept.len() <= ECHO_MAX_BYTES + MAX_QUEUED_BYTES + GATHER_BYTES);
+        // At most the batch the stalled write holds and a full queue behind it: the first
+        // batch is small only if the echo thread took it at once, which a busy machine delays.
+        assert!(
+            kept.len() <= 2 * ECHO_MAX_BYTES,
+            "{} bytes kept",
+            kept.len()
+        );
         drop(logger);
         fs::remove_dir_all(&dir).unwrap();
     }
