@@ -111,7 +111,8 @@ impl Default for LogSettings {
 ///
 /// If a rotation fails (for example the directory became read-only) a warning goes to stderr and
 /// writing continues in the current file, so no line is lost; rotation is tried again before the
-/// next unit.
+/// next unit. A `wxmp.log` deleted from under it (or its folder) is not such a failure: the next
+/// rotation opens a fresh one, or tries to before each unit until the folder is back.
 #[derive(Debug)]
 pub struct RotatingFile {
     dir: PathBuf,
@@ -277,18 +278,22 @@ impl RotatingFile {
     fn rotate(&mut self) {
         if !self.detached {
             let target = self.next_rotated_path();
-            if let Err(e) = fs::rename(&self.path, &target) {
-                warn_once(
-                    &mut self.warned,
-                    format_args!(
-                        "cannot rotate '{}' to '{}': {e}; still writing to it",
-                        self.path.display(),
-                        target.display()
-                    ),
-                );
-                return;
+            // Not found: the file was deleted (or its folder with it); there is nothing to keep,
+            // so a fresh one is opened, or tried for at every unit until the folder is back.
+            match fs::rename(&self.path, &target) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    warn_once(
+                        &mut self.warned,
+                        format_args!(
+                            "cannot rotate '{}' to '{}': {e}; still writing to it",
+                            self.path.display(),
+                            target.display()
+                        ),
+                    );
+                    return;
+                }
+                _ => self.detached = true,
             }
-            self.detached = true;
         }
         match open_append(&self.path) {
             Ok((file, size)) => {

@@ -720,6 +720,39 @@ fn a_disk_that_fills_part_way_through_a_record_costs_log_lines_not_messages() {
     assert_eq!(wxmp.terminate().code(), Some(0));
 }
 
+/// The log folder deleted while wxmp runs (`rm -r log`): once the file would pass `max_size`
+/// the fresh one cannot be opened, which is said once on stderr, not at every line; once the
+/// folder is back, a fresh `wxmp.log` is started in it.
+#[test]
+fn a_log_folder_deleted_while_running_is_said_once_and_written_again_once_it_is_back() {
+    let dir = config_dir("log-gone", "[log]\nmax_size = \"1KB\"");
+    let wxmp = Wxmp::start_in(&dir, &["serve", "--config", "wxmp.toml"], &[]);
+    let log = dir.join("log");
+    std::fs::remove_dir_all(&log).unwrap();
+    // ~100 bytes a line: past 1 KiB several times over.
+    for i in 0..30 {
+        let resp = wxmp.post_signed(&text("oGone", &format!("while gone {i}")));
+        assert_text_reply(&resp, "oGone", DEFAULT_REPLY);
+    }
+    assert_eq!(wxmp.wait_for_count(" text \"while gone ", 30), 30);
+    let warnings = wxmp.stderr().matches("wxmp: log rotation: ").count();
+    assert_eq!(warnings, 1, "said once:\n{}", wxmp.stderr());
+    std::fs::create_dir(&log).unwrap();
+    let mut back = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(log.join("wxmp.log")).is_ok_and(|s| s.contains("text \"back")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no fresh wxmp.log in the folder once it was back:\n{}",
+            wxmp.stderr()
+        );
+        let resp = wxmp.post_signed(&text("oGone", &format!("back {back}")));
+        assert_text_reply(&resp, "oGone", DEFAULT_REPLY);
+        back += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn missing_msgtype_is_400() {
     let w = Wxmp::start("");

@@ -434,3 +434,24 @@ fn an_old_rotated_file_that_cannot_be_deleted_is_an_error_not_a_silent_keep() {
     drop(rf);
     fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `wxmp.log` deleted from under the writer (`rm log/wxmp.log` to free space): there is nothing
+/// to rotate, and the next rotation starts a fresh `wxmp.log` rather than failing for ever
+/// while the deleted file grows past `max_size`.
+#[test]
+fn a_deleted_active_file_is_started_afresh_at_the_next_rotation() {
+    let dir = temp_dir("deleted-active");
+    let line = |c: char| format!("{}\n", c.to_string().repeat(59));
+    let mut rf = RotatingFile::open(&dir, 100, 10).unwrap();
+    rf.write_all(line('a').as_bytes()).unwrap();
+    fs::remove_file(dir.join(ACTIVE)).unwrap();
+    rf.write_all(line('b').as_bytes()).unwrap(); // 120 > 100: rotates
+    rf.write_all(line('c').as_bytes()).unwrap(); // 120 > 100: rotates again
+    let contents: Vec<String> = log_files(&dir)
+        .into_iter()
+        .map(|(_, c)| String::from_utf8(c).unwrap())
+        .collect();
+    assert_eq!(contents, [line('b'), line('c')]);
+    drop(rf);
+    fs::remove_dir_all(&dir).unwrap();
+}
