@@ -246,6 +246,43 @@ mod tests {
         assert_eq!(unread_connections(port).unwrap(), vec![]);
     }
 
+    /// Each connection holding unread bytes is one entry, known by its own socket's inode, on
+    /// an IPv6 listener as on an IPv4 one (wxmp may listen on `[::]`).
+    #[test]
+    fn each_connection_with_unread_bytes_is_found_on_ipv4_and_ipv6() {
+        for ip in ["127.0.0.1", "::1"] {
+            let l = match TcpListener::bind((ip, 0)) {
+                Ok(l) => l,
+                Err(e) if ip == "::1" => {
+                    eprintln!("no IPv6 loopback here ({e}): IPv4 only");
+                    continue;
+                }
+                Err(e) => panic!("{e}"),
+            };
+            let port = l.local_addr().unwrap().port();
+            let mut open = Vec::new();
+            for n in 1..=2 {
+                let mut client = TcpStream::connect((ip, port)).unwrap();
+                let (accepted, _) = l.accept().unwrap();
+                client.write_all(&vec![b'x'; n]).unwrap();
+                open.push((client, accepted));
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut found = unread_connections(port).unwrap();
+            while found.len() < 2 && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+                found = unread_connections(port).unwrap();
+            }
+            found.sort_by_key(|u| u.bytes);
+            assert_eq!(
+                found.iter().map(|u| u.bytes).collect::<Vec<_>>(),
+                [1, 2],
+                "{ip}: {found:?}"
+            );
+            assert_ne!(found[0].inode, found[1].inode, "{ip}");
+        }
+    }
+
     #[test]
     fn client_sockets_and_other_ports_are_not_counted() {
         let (l, port) = listener();
