@@ -1323,6 +1323,26 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A record larger than `max_size` that ends a batch goes alone into a fresh `wxmp.log` and
+    /// stays there until the next record: no empty file is started after it.
+    #[test]
+    fn a_record_larger_than_max_size_at_the_end_of_a_batch_stays_in_wxmp_log() {
+        let dir = temp_dir("oversized-last");
+        let mut file = RotatingFile::open(&dir, 100, 10).unwrap();
+        let small = format!("{}\n", "s".repeat(29));
+        let big = format!("{}\n", "B".repeat(149));
+        let bytes = format!("{small}{big}");
+        file.write_records(bytes.as_bytes(), &[small.len(), bytes.len()])
+            .unwrap();
+        assert_eq!(file.units, 2);
+        drop(file);
+        let files = files_in(&dir);
+        assert_eq!(files[1], (FILE_NAME.to_string(), big));
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0].1, small);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// A record that fills the file to exactly `max_size` goes into it, even when more records
     /// follow in the same batch; the next one starts the fresh file.
     #[test]
