@@ -218,8 +218,29 @@ impl Router {
                 text.push_str("（管理）");
             }
         }
-        text.push_str("\nwhoami / 我的id：你的 openid\n帮助 / help：本列表");
+        // The built-in words, less those a command has taken.
+        for (words, what) in [
+            (&WHOAMI_WORDS[..], "你的 openid"),
+            (&HELP_WORDS[..2], "本列表"),
+        ] {
+            let words = self.built_in_words(words);
+            if !words.is_empty() {
+                text.push('\n');
+                text.push_str(&words.join(" / "));
+                text.push('：');
+                text.push_str(what);
+            }
+        }
         text
+    }
+
+    /// The words of `words` that are still built-ins: no command has their name.
+    fn built_in_words<'w>(&self, words: &[&'w str]) -> Vec<&'w str> {
+        words
+            .iter()
+            .copied()
+            .filter(|w| !self.commands.iter().any(|c| c.has_name(w)))
+            .collect()
     }
 
     /// The route for command `c` matched with `caps`; `content` is what the user said (or the

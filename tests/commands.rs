@@ -469,6 +469,23 @@ fn a_command_with_a_built_in_name_replaces_it() {
 }
 
 #[test]
+fn help_names_only_the_built_in_words_that_still_are_built_in() {
+    let site = Site::new("cmd-help-replaced");
+    let w = site.serve(
+        "[[command]]\nname = \"帮助\"\nreply = \"自定义帮助\"\n\
+         [[command]]\nname = \"whoami\"\nreply = \"你是你\"",
+    );
+    assert_eq!(say(&w, "oA", "whoami"), "你是你");
+    assert_eq!(say(&w, "oA", "我的id"), "oA");
+    // 帮助 and whoami are commands now: the help must not say they list commands or tell the
+    // openid.
+    assert_eq!(
+        say(&w, "oA", "help"),
+        "可用指令：\n帮助\nwhoami\n我的id：你的 openid\nhelp：本列表"
+    );
+}
+
+#[test]
 fn non_admins_get_the_default_reply_and_the_attempt_is_logged() {
     let site = Site::new("cmd-admin");
     site.script("restart.sh", "echo ran >> runs.txt; echo 已重启");
