@@ -172,9 +172,15 @@ impl Router {
     }
 
     fn route_text(&self, msg: &Message, said: &str) -> Route {
+        // A command of a built-in's name replaces it for whoever may run it; anyone else gets
+        // the built-in, as if no command had the name (and the attempt is logged).
         let named = |words: &[&str]| {
             words.iter().any(|w| w.eq_ignore_ascii_case(said))
-                && !self.commands.iter().any(|c| c.has_name(said))
+                && self
+                    .commands
+                    .iter()
+                    .find(|c| c.has_name(said))
+                    .is_none_or(|c| !self.allowed(c, msg))
         };
         if named(&HELP_WORDS) {
             return Route::Now(Reply::Text(self.help(&msg.from_user)));
@@ -218,12 +224,12 @@ impl Router {
                 text.push_str("（管理）");
             }
         }
-        // The built-in words, less those a command has taken.
+        // The built-in words, less those a command this user may run has taken.
         for (words, what) in [
             (&WHOAMI_WORDS[..], "你的 openid"),
             (&HELP_WORDS[..2], "本列表"),
         ] {
-            let words = self.built_in_words(words);
+            let words = self.built_in_words(words, openid);
             if !words.is_empty() {
                 text.push('\n');
                 text.push_str(&words.join(" / "));
@@ -234,12 +240,18 @@ impl Router {
         text
     }
 
-    /// The words of `words` that are still built-ins: no command has their name.
-    fn built_in_words<'w>(&self, words: &[&'w str]) -> Vec<&'w str> {
+    /// The words of `words` that are still built-ins for `openid`: no command it may run has
+    /// their name.
+    fn built_in_words<'w>(&self, words: &[&'w str], openid: &str) -> Vec<&'w str> {
         words
             .iter()
             .copied()
-            .filter(|w| !self.commands.iter().any(|c| c.has_name(w)))
+            .filter(|w| {
+                self.commands
+                    .iter()
+                    .find(|c| c.has_name(w))
+                    .is_none_or(|c| c.admin && !self.is_admin(openid))
+            })
             .collect()
     }
 

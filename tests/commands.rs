@@ -486,6 +486,29 @@ fn help_names_only_the_built_in_words_that_still_are_built_in() {
 }
 
 #[test]
+fn a_built_in_word_that_names_an_admin_command_stays_built_in_for_everyone_else() {
+    let site = Site::new("cmd-help-admin");
+    let w = site.serve(
+        "admins = [\"oBoss\"]\n\
+         [[command]]\nname = \"help\"\nadmin = true\nreply = \"管理员帮助\"\n\
+         [[command]]\nname = \"天气\"\nreply = \"晴\"",
+    );
+    // A guest asking for help gets the help, as if no command had the name (the README: anyone
+    // else gets what no command would give), and the attempt is logged.
+    let tail = "\nwhoami / 我的id：你的 openid";
+    assert_eq!(
+        say(&w, "oGuest", "help"),
+        format!("可用指令：\n天气{tail}\n帮助 / help：本列表")
+    );
+    assert!(w.wait_for_log("oGuest is not in admins"));
+    assert_eq!(say(&w, "oBoss", "help"), "管理员帮助");
+    assert_eq!(
+        say(&w, "oBoss", "帮助"),
+        format!("可用指令：\nhelp（管理）\n天气{tail}\n帮助：本列表")
+    );
+}
+
+#[test]
 fn non_admins_get_the_default_reply_and_the_attempt_is_logged() {
     let site = Site::new("cmd-admin");
     site.script("restart.sh", "echo ran >> runs.txt; echo 已重启");
