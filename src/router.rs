@@ -118,7 +118,7 @@ impl Router {
             ));
         }
         lines.push(format!(
-            "built-in: {} (help), {} (your openid), unless a command has the same name",
+            "built-in: {} (help), {} (your openid), unless a command the sender may run has the same name",
             HELP_WORDS.join(" / "),
             WHOAMI_WORDS.join(" / ")
         ));
@@ -584,7 +584,7 @@ reply = "ok"
                 "commands: 1",
                 "  #1   name a  ->  reply \"x\"  [admin]  help: h",
                 "built-in: 帮助 / help / ? / ？ (help), whoami / 我的id (your openid), unless a \
-                 command has the same name",
+                 command the sender may run has the same name",
                 "admins: 0",
                 "  note: admin commands answer nobody until `admins` lists an openid (send \
                  `whoami` to the account to see yours)",
