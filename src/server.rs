@@ -1578,18 +1578,26 @@ mod tests {
         }
     }
 
-    /// The short slice leaves the thread's nice value and policy alone, and where the kernel
-    /// reports slices (Linux 6.12 and later) it is the one asked for, and a thread started from
-    /// a worker gets the default back.
+    /// The short slice leaves the thread's nice value and policy alone (here `SCHED_BATCH`, as a
+    /// unit's `CPUSchedulingPolicy=batch` sets it: a thread under the default policy would not
+    /// tell a kept policy from one reset to the default), and where the kernel reports slices
+    /// (Linux 6.12 and later) it is the one asked for, and a thread started from a worker gets
+    /// the default back.
     #[test]
     fn a_short_slice_keeps_nice_and_policy() {
         thread::spawn(|| {
             // SAFETY: raising this thread's own nice value needs no privilege.
             assert_eq!(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 3) }, 0);
+            let batch = libc::sched_param { sched_priority: 0 };
+            // SAFETY: moving this thread to SCHED_BATCH needs no privilege; `batch` is read only.
+            assert_eq!(
+                unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &raw const batch) },
+                0
+            );
             assert!(ask_short_slice(), "sched_setattr refused");
             // SAFETY: both only read this thread's scheduling parameters.
             assert_eq!(unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }, 3);
-            assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
+            assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_BATCH);
             let mut got = SchedAttr::default();
             let size = std::mem::size_of::<SchedAttr>() as u32;
             // SAFETY: sched_getattr writes at most `size` bytes into `got`.
@@ -1608,6 +1616,7 @@ mod tests {
                     unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &raw mut got, size, 0) };
                 assert_eq!(rc, 0);
                 assert_eq!(got.nice, 3);
+                assert_eq!(got.policy, libc::SCHED_BATCH as u32);
                 got.runtime
             })
             .join()
@@ -1618,6 +1627,20 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    /// The retry table's byte budget counts what each answer holds: its body.
+    #[test]
+    fn an_answer_weighs_its_body() {
+        let table: Dedup<Answer> = Dedup::default();
+        if let Claim::First(ticket) = table.claim("oA 1") {
+            ticket.complete(Answer {
+                body: "<xml>回复</xml>".into(),
+                kind: "text",
+                hand_on: true,
+            });
+        }
+        assert_eq!(table.bytes(), 17);
     }
 
     #[test]
