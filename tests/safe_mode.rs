@@ -39,6 +39,32 @@ fn safe_mode_message_gets_an_encrypted_signed_reply() {
 }
 
 #[test]
+fn a_success_answer_stays_the_plain_word_in_safe_mode() {
+    // WeChat takes `success` as it is in every mode: it is not encrypted.
+    let w = Wxmp::start(&safe_mode_config());
+    let crypt = sample_crypt();
+    let report = msg(
+        "oSafe",
+        "event",
+        &[
+            ("Event", "TEMPLATESENDJOBFINISH"),
+            ("MsgID", "200163836"),
+            ("Status", "success"),
+        ],
+    );
+    let (q, body) = safe_request(&crypt, &report, false);
+    let r = reply_of(&w, &q, &body);
+    assert_eq!((r.status, r.body.as_str()), (200, "success"));
+    assert!(r
+        .header("Content-Type")
+        .unwrap_or_default()
+        .starts_with("text/plain"));
+    // Anything else is encrypted.
+    let (q, body) = safe_request(&crypt, &text("oSafe", "hi"), false);
+    assert_sealed_text_reply(&crypt, &reply_of(&w, &q, &body), "oSafe", DEFAULT_REPLY);
+}
+
+#[test]
 fn compatible_mode_is_answered_encrypted() {
     let w = Wxmp::start(&safe_mode_config());
     let crypt = sample_crypt();
