@@ -810,6 +810,18 @@ fn wechats_last_try_is_known_by_its_age_after_a_restart() {
         "within WeChat's 5 s: {took:?}"
     );
     assert_eq!(content_of(&r, "oA"), "结果还在生成，稍后发任意消息查看");
+    // This process's first try of the message: its log line calls it no retry.
+    assert!(w.wait_for_log("oA text \"慢\" -> text"), "{}", w.stderr());
+    let stderr = w.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("oA text \"慢\""))
+        .unwrap();
+    let ms = line
+        .split("-> text ")
+        .nth(1)
+        .and_then(|t| t.strip_suffix("ms"));
+    assert!(ms.is_some_and(|ms| ms.parse::<u64>().is_ok()), "{line}");
     next_message_brings_the_late_result(&site, &w, "oA");
 }
 
