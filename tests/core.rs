@@ -123,7 +123,48 @@ fn signed_text_gets_the_default_reply() {
     let r = w.post_signed(&text("oAlice", "你好"));
     assert_text_reply(&r, "oAlice", DEFAULT_REPLY);
     assert!(r.header("Content-Type").unwrap_or_default().contains("xml"));
-    assert!(w.wait_for_log("oAlice text \"你好\" -> text"));
+    // The log line names who sent it: the peer's address, then the sender's openid.
+    assert!(
+        w.wait_for_log("127.0.0.1 oAlice text \"你好\" -> text"),
+        "{}",
+        w.stderr()
+    );
+}
+
+#[test]
+fn behind_a_proxy_on_this_machine_the_log_names_the_client_it_forwarded() {
+    let w = Wxmp::start("");
+    let via = |headers: &[(&str, &str)], from: &str| {
+        let url = signed_query("/", TOKEN);
+        let r = w.request("POST", &url, headers, text(from, "hi").as_bytes());
+        assert_text_reply(&r, from, DEFAULT_REPLY);
+    };
+    // nginx's X-Real-IP first; the first address of X-Forwarded-For without it.
+    via(
+        &[
+            ("X-Real-IP", "203.0.113.7"),
+            ("X-Forwarded-For", "192.0.2.1"),
+        ],
+        "oReal",
+    );
+    via(
+        &[("X-Forwarded-For", "198.51.100.4, 10.0.0.1")],
+        "oForwarded",
+    );
+    // A value that is no address names nobody: the next header, or the proxy itself.
+    via(
+        &[("X-Real-IP", "unknown"), ("X-Forwarded-For", "2001:db8::5")],
+        "oV6",
+    );
+    via(&[("X-Real-IP", "not-an-ip")], "oNobody");
+    for line in [
+        "203.0.113.7 oReal text",
+        "198.51.100.4 oForwarded text",
+        "2001:db8::5 oV6 text",
+        "127.0.0.1 oNobody text",
+    ] {
+        assert!(w.wait_for_log(line), "{line}: {}", w.stderr());
+    }
 }
 
 #[test]
@@ -386,6 +427,54 @@ fn a_body_of_exactly_64_kib_is_read_and_one_byte_more_is_413_chunked_or_not() {
     let q = signed_query("/", TOKEN);
     let r = w.request("POST", &q, &te, &chunked(&over));
     assert_eq!(r.status, 413, "{r:?}");
+}
+
+/// Sends a signed POST head announcing a body of `len` bytes, and none of it: the answer's
+/// status line, read before the connection is closed.
+fn status_of_announced_body(w: &Wxmp, len: usize) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(w.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n",
+        signed_query("/", TOKEN)
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_body_announced_at_64_mib_is_drained_and_one_byte_more_abandoned() {
+    // Up to DRAIN_LIMIT tiny_http may drain the unread body (it allocates the announced size
+    // for that); past it the connection is abandoned instead, and counted.
+    let w = Wxmp::start("");
+    let limit = wxmp::server::DRAIN_LIMIT;
+    assert!(status_of_announced_body(&w, limit).starts_with("HTTP/1.1 413"));
+    assert!(
+        w.wait_for_log(&format!("POST refused (413): body of {limit} bytes")),
+        "{}",
+        w.stderr()
+    );
+    assert!(status_of_announced_body(&w, limit + 1).starts_with("HTTP/1.1 413"));
+    assert!(
+        w.wait_for_log(&format!(
+            "refused (413): Content-Length {} is over the 65536-byte limit; connection \
+             abandoned (1 so far, restart at 512)",
+            limit + 1
+        )),
+        "{}",
+        w.stderr()
+    );
+    assert_eq!(w.stderr().matches("abandoned").count(), 1, "{}", w.stderr());
+    assert_text_reply(&w.post_signed(&text("oA", "hi")), "oA", DEFAULT_REPLY);
+    // One abandoned connection is no reason to restart: a stop is a clean one.
+    let dir = w.dir.clone();
+    let status = w.terminate();
+    let log = std::fs::read_to_string(dir.join("log/wxmp.log")).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "{log}");
 }
 
 #[test]
