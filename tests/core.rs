@@ -478,6 +478,32 @@ fn a_body_announced_at_64_mib_is_drained_and_one_byte_more_abandoned() {
 }
 
 #[test]
+fn after_512_abandoned_connections_wxmp_exits_to_be_restarted() {
+    // Each abandoned connection holds a thread and two fds until wxmp restarts: at 512 it says
+    // so and exits 70, as for any restart-worthy failure.
+    let mut w = Wxmp::start("");
+    let over = wxmp::server::DRAIN_LIMIT + 1;
+    for _ in 0..wxmp::server::ABANDON_LIMIT {
+        assert!(status_of_announced_body(&w, over).starts_with("HTTP/1.1 413"));
+    }
+    assert!(
+        w.wait_for_log("connection abandoned (512 so far, restart at 512)"),
+        "{}",
+        w.stderr()
+    );
+    assert_eq!(
+        w.wait_exit(Duration::from_secs(10)),
+        Some(70),
+        "{}",
+        w.stderr()
+    );
+    assert!(w.stderr().contains(
+        "512 connections with huge Content-Length were abandoned (each holds a thread); exiting \
+         with status 70"
+    ));
+}
+
+#[test]
 fn a_post_with_connection_upgrade_and_no_length_is_answered_at_once() {
     // Neither a length nor chunks: the body is empty, whatever else the connection carries.
     use std::io::{Read, Write};
@@ -900,12 +926,22 @@ fn sixteen_threads_times_25_requests_all_answered() {
 fn sigterm_exits_zero_and_logs_the_stop() {
     let w = Wxmp::start("");
     assert_eq!(w.post_signed(&text("oA", "hi")).status, 200);
+    // A body over 1 KiB is read on a thread of its own: once it is answered, the stop has
+    // nothing left to wait for.
+    let long = "长".repeat(400);
+    assert_text_reply(
+        &w.post_signed(&text("oLong", &long)),
+        "oLong",
+        DEFAULT_REPLY,
+    );
     let dir = w.dir.clone();
     let status = w.terminate();
     assert_eq!(status.code(), Some(0));
     let log = std::fs::read_to_string(dir.join("log/wxmp.log")).expect("log file");
     assert!(log.contains("stopped"), "{log}");
     assert!(log.contains("oA text"), "{log}");
+    assert!(log.contains("oLong text"), "{log}");
+    assert!(!log.contains("still running"), "{log}");
 }
 
 #[test]
