@@ -107,7 +107,10 @@ fn listening_beyond_loopback_is_warned_about() {
     );
     assert!(open.wait_for_log("can be reached from other machines"));
     assert_text_reply(&w.post_signed(&text("oA", "x")), "oA", DEFAULT_REPLY);
+    assert!(w.wait_for_log("oA text"));
     assert!(!w.stderr().contains("other machines"), "{}", w.stderr());
+    // A socket of its own (`listen` port 0 bound to another): nothing to say about systemd's.
+    assert!(!w.stderr().contains("systemd"), "{}", w.stderr());
 }
 
 #[test]
@@ -971,6 +974,149 @@ fn missing_token_refuses_to_start_and_says_what_to_set() {
     assert!(
         err.contains("token is missing") && err.contains("WXMP_TOKEN"),
         "{err}"
+    );
+}
+
+/// `wxmp ARGS` run in `dir`: its exit code (`None`: ended by a signal), stdout and stderr.
+fn run_wxmp(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("WXMP_CONFIG")
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn the_command_line_takes_one_command_and_the_config_file_either_way() {
+    let dir = config_dir("cli", "");
+    for args in [
+        ["check", "--config", "wxmp.toml"].as_slice(),
+        &["check", "-c", "wxmp.toml"],
+        &["check", "--config=wxmp.toml"],
+        &["--config=wxmp.toml", "check"],
+    ] {
+        let (code, out, err) = run_wxmp(&dir, args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(out.starts_with("wxmp.toml: OK\n"), "{args:?}: {out}");
+    }
+    // One command only, whichever comes first.
+    for (args, unknown) in [(["serve", "check"], "check"), (["check", "check"], "check")] {
+        let (code, out, err) = run_wxmp(&dir, &args);
+        assert_eq!(code, Some(2), "{args:?}: {out}");
+        assert_eq!(
+            err,
+            format!("wxmp: unknown argument '{unknown}'; see `wxmp --help`\n")
+        );
+    }
+    for help in ["--help", "-h", "help"] {
+        let (code, out, _) = run_wxmp(&dir, &[help]);
+        assert_eq!(code, Some(0), "{help}");
+        assert!(
+            out.starts_with("wxmp: a WeChat Official Account message server\n"),
+            "{help}: {out}"
+        );
+    }
+    for version in ["--version", "-V"] {
+        let (code, out, _) = run_wxmp(&dir, &[version]);
+        assert_eq!(code, Some(0), "{version}");
+        assert_eq!(out, format!("wxmp {}\n", env!("CARGO_PKG_VERSION")));
+    }
+}
+
+#[test]
+fn a_start_that_fails_says_why_in_the_log_file_too() {
+    // A second wxmp on the port of a running one: its last words reach its log file before it
+    // exits, however quickly that is.
+    let w = Wxmp::start("");
+    let dir = temp_dir("taken");
+    std::fs::write(
+        dir.join("wxmp.toml"),
+        format!("token = \"{TOKEN}\"\nlisten = \"{}\"\n", w.addr),
+    )
+    .unwrap();
+    let (code, _, err) = run_wxmp(&dir, &["serve", "--config", "wxmp.toml"]);
+    assert_eq!(code, Some(1), "{err}");
+    let said = format!("cannot listen on {}", w.addr);
+    assert!(err.contains(&said), "{err}");
+    let log = std::fs::read_to_string(dir.join("log/wxmp.log")).unwrap();
+    assert!(log.contains(&format!("[ERROR] wxmp: {said}")), "{log}");
+}
+
+#[test]
+fn wxmp_check_ends_quietly_when_its_reader_has_gone() {
+    // `wxmp check | head -0`: the pipe is closed before wxmp writes to it. Like other Unix
+    // tools, wxmp ends on SIGPIPE, saying nothing, rather than panicking on a failed print.
+    use std::os::unix::process::ExitStatusExt;
+    let dir = config_dir("cli-pipe", "");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
+        .args(["check", "--config", "wxmp.toml"])
+        .current_dir(&dir)
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
+/// This process's hard limit on open files.
+fn hard_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into `lim`, which we own.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    lim.rlim_max
+}
+
+/// Starts wxmp with its soft open-file limit set to `soft` (the hard one left as it is).
+fn start_with_soft_fd_limit(tag: &str, soft: u64) -> Wxmp {
+    let dir = config_dir(tag, "");
+    Wxmp::start_prepared(&dir, &["serve", "--config", "wxmp.toml"], &[], |cmd| {
+        // SAFETY: the closure only calls getrlimit and setrlimit, which are async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+                let mut lim = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                lim.rlim_cur = soft;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    })
+}
+
+#[test]
+fn a_low_open_file_limit_is_raised_to_the_hard_one_at_start_and_said() {
+    let hard = hard_fd_limit();
+    assert!(hard > 256, "a hard limit of {hard} open files");
+    let low = start_with_soft_fd_limit("nofile-low", 256);
+    assert!(
+        low.wait_for_log(&format!("open-file limit raised from 256 to {hard}")),
+        "{}",
+        low.stderr()
+    );
+    // Already at the hard limit: nothing raised, nothing said (the line would come before
+    // "listening on", and this message's line after it).
+    let at_hard = start_with_soft_fd_limit("nofile-hard", hard);
+    assert_text_reply(&at_hard.post_signed(&text("oA", "hi")), "oA", DEFAULT_REPLY);
+    assert!(at_hard.wait_for_log("oA text"));
+    assert!(
+        !at_hard.stderr().contains("open-file limit"),
+        "{}",
+        at_hard.stderr()
     );
 }
 
