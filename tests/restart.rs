@@ -92,6 +92,13 @@ fn a_retry_after_a_restart_gets_the_same_bytes_and_the_command_runs_once() {
     let verification = format!("{}&echostr=hello", signed_query("/", TOKEN));
     assert_eq!(w.get(&verification).body, "hello");
     stop(w);
+    let log = std::fs::read_to_string(dir.join("log/wxmp.log")).unwrap();
+    assert!(
+        log.contains(
+            "wxmp: stopped; 1 answered message(s), 2 signed URL(s) and 0 late result(s) saved to"
+        ),
+        "{log}"
+    );
 
     let saved = state_file(&dir);
     let mode = std::fs::metadata(&saved)
@@ -337,6 +344,8 @@ fn a_stop_with_nothing_to_hand_on_writes_no_state() {
     stop(w);
     assert!(dir.join("log").exists());
     assert!(!state_file(&dir).exists());
+    let log = std::fs::read_to_string(dir.join("log/wxmp.log")).unwrap();
+    assert!(log.lines().any(|l| l.ends_with("wxmp: stopped")), "{log}");
 }
 
 /// A site whose `抓取` command is stopped the first time (it waits until wxmp stops it) and
