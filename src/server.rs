@@ -1254,21 +1254,45 @@ fn handle_post(app: &Arc<App>, mut req: Request, live: &Live, query: &Query, mut
             return respond_text(req, status, &why);
         }
     };
-    let body = if encrypted {
-        match open_sealed(live, query, &body) {
-            Ok((xml, crypt)) => {
-                ctx.seal = Some(crypt);
-                xml
+    let parsed = if encrypted && live.crypt.is_none() {
+        // Compatible mode (兼容模式) sends the plain fields beside `Encrypt`, and WeChat takes a
+        // plain reply to it: without the key, answer those as a plain-mode message. Safe mode's
+        // body holds nothing else, so it cannot be read at all.
+        match message::parse(&body) {
+            Ok(msg) => {
+                if !SAID_COMPATIBLE_IN_PLAIN.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        "compatible-mode messages (encrypt_type=aes with plain fields) are read \
+                         and answered in plain: no encoding_aes_key is configured (set it and \
+                         app_id in wxmp.toml to answer them encrypted; safe mode needs it)"
+                    );
+                }
+                Ok(msg)
             }
-            Err((status, why)) => {
+            Err(_) => {
+                let (status, why) = no_key();
                 warn!("{} safe-mode POST refused ({status}): {why}", ctx.peer);
                 return respond_text(req, status, &why);
             }
         }
     } else {
-        body
+        let body = if encrypted {
+            match open_sealed(live, query, &body) {
+                Ok((xml, crypt)) => {
+                    ctx.seal = Some(crypt);
+                    xml
+                }
+                Err((status, why)) => {
+                    warn!("{} safe-mode POST refused ({status}): {why}", ctx.peer);
+                    return respond_text(req, status, &why);
+                }
+            }
+        } else {
+            body
+        };
+        message::parse(&body)
     };
-    let msg = match message::parse(&body) {
+    let msg = match parsed {
         Ok(msg) => msg,
         Err(e) => {
             warn!("{} POST refused (400): {e}", ctx.peer);
@@ -1308,6 +1332,20 @@ fn handle_post(app: &Arc<App>, mut req: Request, live: &Live, query: &Query, mut
     }
 }
 
+/// Whether the warning that compatible-mode messages are answered in plain has been logged:
+/// once a process, not once a message.
+static SAID_COMPATIBLE_IN_PLAIN: AtomicBool = AtomicBool::new(false);
+
+/// The refusal of an encrypted request that cannot be read: no key is configured.
+fn no_key() -> (u16, String) {
+    (
+        400,
+        "encrypted request but no encoding_aes_key is configured: set encoding_aes_key and \
+         app_id in wxmp.toml"
+            .to_string(),
+    )
+}
+
 /// Safe or compatible mode: checks `msg_signature` over the `Encrypt` element, decrypts it and
 /// checks the AppID inside. `Err(status, why)`: 403 for a bad signature or another account's
 /// message, 400 for anything malformed.
@@ -1316,14 +1354,7 @@ fn open_sealed(
     query: &Query,
     body: &str,
 ) -> Result<(String, Arc<MsgCrypt>), (u16, String)> {
-    let crypt = live.crypt.as_ref().ok_or_else(|| {
-        (
-            400,
-            "encrypted request but no encoding_aes_key is configured: set encoding_aes_key and \
-             app_id in wxmp.toml"
-                .to_string(),
-        )
-    })?;
+    let crypt = live.crypt.as_ref().ok_or_else(no_key)?;
     let param = |name: &str| {
         query
             .get(name)

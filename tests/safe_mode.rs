@@ -185,6 +185,30 @@ fn encrypted_request_without_a_configured_key_is_refused_with_advice() {
 }
 
 #[test]
+fn compatible_mode_without_a_configured_key_is_answered_in_plain() {
+    // WeChat: in 兼容模式 the account may answer in plain or encrypted. Without the key wxmp
+    // reads the plain fields beside `Encrypt` and answers in plain, and says so once.
+    let w = Wxmp::start("");
+    let crypt = sample_crypt();
+    for from in ["oCompat1", "oCompat2"] {
+        let (q, body) = safe_request(&crypt, &text(from, "hi"), true);
+        let r = reply_of(&w, &q, &body);
+        assert_text_reply(&r, from, DEFAULT_REPLY);
+        assert!(!r.body.contains("<Encrypt>"), "{}", r.body);
+        assert!(w.wait_for_log(&format!("{from} text")), "{}", w.stderr());
+    }
+    assert_eq!(
+        w.stderr().matches("compatible-mode messages").count(),
+        1,
+        "{}",
+        w.stderr()
+    );
+    assert!(w
+        .stderr()
+        .contains("answered in plain: no encoding_aes_key is configured"));
+}
+
+#[test]
 fn official_sample_decrypts_through_the_library() {
     let crypt = wxmp::crypto::MsgCrypt::new("spamtest", SAMPLE_KEY, SAMPLE_APP_ID).unwrap();
     let encrypt = "hyzAe4OzmOMbd6TvGdIOO6uBmdJoD0Fk53REIHvxYtJlE2B655HuD0m8KUePWB3+LrPXo87wzQ1QLvbeUgmBM4x6F8PGHQHFVAFmOD2LdJF9FrXpbUAh0B5GIItb52sn896wVsMSHGuPE328HnRGBcrS7C41IzDWyWNlZkyyXwon8T332jisa+h6tEDYsVticbSnyU8dKOIbgU6ux5VTjg3yt+WGzjlpKn6NPhRjpA912xMezR4kw6KWwMrCVKSVCZciVGCgavjIQ6X8tCOp3yZbGpy0VxpAe+77TszTfRd5RJSVO/HTnifJpXgCSUdUue1v6h0EIBYYI1BD1DlD+C0CR8e6OewpusjZ4uBl9FyJvnhvQl+q5rv1ixrcpCumEPo5MJSgM9ehVsNPfUM669WuMyVWQLCzpu9GhglF2PE=";
