@@ -31,6 +31,12 @@ pub struct Config {
     /// The 43-character EncodingAESKey, for safe and compatible mode. Env `WXMP_ENCODING_AES_KEY`.
     #[serde(default)]
     pub encoding_aes_key: Option<String>,
+    /// The EncodingAESKey before the last change in WeChat's admin page: a message that
+    /// `encoding_aes_key` cannot open is tried with it, and its answer encrypted with it, as
+    /// WeChat's FAQ asks of an account while messages sealed with either key may arrive. Env
+    /// `WXMP_PREVIOUS_ENCODING_AES_KEY`.
+    #[serde(default)]
+    pub previous_encoding_aes_key: Option<String>,
     /// Refuse POSTs that are not encrypted (for an account in 安全模式, where WeChat sends no
     /// other): a plain POST's `signature` covers only the URL, so a URL read from a log could
     /// carry a forged body; an encrypted one's `msg_signature` covers the body. Needs
@@ -176,6 +182,7 @@ impl Default for Config {
             workers: default_workers(),
             app_id: None,
             encoding_aes_key: None,
+            previous_encoding_aes_key: None,
             encrypted_only: false,
             log: LogConfig::default(),
             reply: ReplyConfig::default(),
@@ -187,12 +194,13 @@ impl Default for Config {
 }
 
 /// Environment variables that override the file, in the order they are applied.
-pub const ENV_OVERRIDES: [&str; 5] = [
+pub const ENV_OVERRIDES: [&str; 6] = [
     "WXMP_TOKEN",
     "WXMP_LISTEN",
     "WXMP_LOG_DIR",
     "WXMP_APP_ID",
     "WXMP_ENCODING_AES_KEY",
+    "WXMP_PREVIOUS_ENCODING_AES_KEY",
 ];
 
 impl Config {
@@ -260,6 +268,9 @@ impl Config {
         if let Some(v) = env("WXMP_ENCODING_AES_KEY") {
             self.encoding_aes_key = Some(v);
         }
+        if let Some(v) = env("WXMP_PREVIOUS_ENCODING_AES_KEY") {
+            self.previous_encoding_aes_key = Some(v);
+        }
     }
 
     /// Checks the values; every problem is listed, each saying what to set.
@@ -308,6 +319,9 @@ impl Config {
             ),
             Ok(_) => {}
         }
+        if let Err(e) = self.previous_crypt() {
+            errors.push(e);
+        }
         if let Err(e) = self.log.settings() {
             errors.extend(e);
         }
@@ -341,6 +355,31 @@ impl Config {
             (Some(key), Some(app_id)) => crate::crypto::MsgCrypt::new(&self.token, key, app_id)
                 .map(Some)
                 .map_err(|e| format!("encoding_aes_key: {e}")),
+        }
+    }
+
+    /// The cipher of `previous_encoding_aes_key` when it is set (`Ok(None)` when not), or what is
+    /// wrong with it: it needs `encoding_aes_key` (and so `app_id`) beside it.
+    pub fn previous_crypt(&self) -> Result<Option<crate::crypto::MsgCrypt>, String> {
+        let Some(key) = self
+            .previous_encoding_aes_key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+        else {
+            return Ok(None);
+        };
+        let current = self.encoding_aes_key.as_deref().filter(|k| !k.is_empty());
+        match (current, self.app_id.as_deref().filter(|a| !a.is_empty())) {
+            (None, _) => Err(
+                "previous_encoding_aes_key is set but encoding_aes_key is not: set \
+                 encoding_aes_key to the key now in WeChat's admin page (基本配置)"
+                    .into(),
+            ),
+            // crypt() reports the missing app_id.
+            (Some(_), None) => Ok(None),
+            (Some(_), Some(app_id)) => crate::crypto::MsgCrypt::new(&self.token, key, app_id)
+                .map(Some)
+                .map_err(|e| format!("previous_encoding_aes_key: {e}")),
         }
     }
 
@@ -383,7 +422,7 @@ pub fn generate_token() -> Result<String, String> {
 }
 
 /// Keys whose values must not reach a log, even in an error about them.
-const SECRET_KEYS: [&str; 2] = ["token", "encoding_aes_key"];
+const SECRET_KEYS: [&str; 3] = ["token", "encoding_aes_key", "previous_encoding_aes_key"];
 
 /// `e` without the quoted source line toml's `Display` adds; on a line that sets a secret, every
 /// word of its value and every value the message quotes (serde's message quotes a value of the
@@ -461,6 +500,9 @@ workers = 4
 # EncodingAESKey from the same admin page. Leave commented out for plain mode (明文模式).
 # app_id = "wx..."
 # encoding_aes_key = "..."
+# After changing the EncodingAESKey in the admin page, the key before it, for the messages still
+# sealed with it (remove it once none arrive).
+# previous_encoding_aes_key = "..."
 # In safe mode WeChat sends every message encrypted: refuse plain ones (a URL read from a log
 # cannot then carry a forged body). Leave false in compatible mode.
 # encrypted_only = true

@@ -28,6 +28,7 @@ USAGE:
 ENVIRONMENT:
     WXMP_CONFIG  config file     WXMP_TOKEN  token      WXMP_LISTEN  listen address
     WXMP_LOG_DIR log folder      WXMP_APP_ID app_id     WXMP_ENCODING_AES_KEY  encoding_aes_key
+    WXMP_PREVIOUS_ENCODING_AES_KEY  previous_encoding_aes_key
 ";
 
 fn env(name: &str) -> Option<String> {

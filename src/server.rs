@@ -242,12 +242,20 @@ struct Live {
     config: Config,
     /// The safe-mode cipher, when the account has an EncodingAESKey.
     crypt: Option<Arc<MsgCrypt>>,
+    /// The cipher of the EncodingAESKey before the last change, tried when `crypt` cannot open
+    /// a message.
+    previous: Option<Arc<MsgCrypt>>,
 }
 
 impl Live {
     fn new(config: Config) -> Result<Live, String> {
         let crypt = config.crypt()?.map(Arc::new);
-        Ok(Live { config, crypt })
+        let previous = config.previous_crypt()?.map(Arc::new);
+        Ok(Live {
+            config,
+            crypt,
+            previous,
+        })
     }
 }
 
@@ -1366,8 +1374,30 @@ fn open_sealed(
         param("nonce")?,
     );
     let encrypt = crypto::extract_encrypt(body).map_err(|e| (400, e.to_string()))?;
-    match crypt.verify_and_decrypt(msg_signature, timestamp, nonce, &encrypt) {
-        Ok(xml) => Ok((xml, Arc::clone(crypt))),
+    let opened = crypt
+        .verify_and_decrypt(msg_signature, timestamp, nonce, &encrypt)
+        .map(|xml| (xml, Arc::clone(crypt)));
+    let opened = match (opened, &live.previous) {
+        // What the key decides (the pad, the length, the AppID, UTF-8) may come out right with
+        // the key before the last change; the answer is then sealed with that key, as WeChat's
+        // FAQ asks. The signature, base64 and length do not depend on the key.
+        (
+            Err(
+                e @ (CryptoError::Padding
+                | CryptoError::TooShort
+                | CryptoError::LengthField
+                | CryptoError::AppIdMismatch { .. }
+                | CryptoError::Utf8),
+            ),
+            Some(previous),
+        ) => previous
+            .verify_and_decrypt(msg_signature, timestamp, nonce, &encrypt)
+            .map(|xml| (xml, Arc::clone(previous)))
+            .map_err(|_| e),
+        (opened, _) => opened,
+    };
+    match opened {
+        Ok(opened) => Ok(opened),
         Err(e @ (CryptoError::Signature | CryptoError::AppIdMismatch { .. })) => {
             Err((403, e.to_string()))
         }

@@ -209,6 +209,83 @@ fn compatible_mode_without_a_configured_key_is_answered_in_plain() {
 }
 
 #[test]
+fn after_a_key_change_messages_sealed_with_either_key_are_answered_with_that_key() {
+    // WeChat's FAQ: keep the current and the previous EncodingAESKey, try the previous when the
+    // current cannot decrypt, and encrypt the answer with whichever key opened the message.
+    const NEW_KEY: &str = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut";
+    let w = Wxmp::start(&format!(
+        "app_id = \"{SAMPLE_APP_ID}\"\nencoding_aes_key = \"{NEW_KEY}\"\n\
+         previous_encoding_aes_key = \"{SAMPLE_KEY}\"\n"
+    ));
+    let new = wxmp::crypto::MsgCrypt::new(TOKEN, NEW_KEY, SAMPLE_APP_ID).unwrap();
+    let old = sample_crypt();
+    for (crypt, from) in [(&new, "oNew"), (&old, "oOld")] {
+        for compatible in [false, true] {
+            let (q, body) = safe_request(crypt, &text(from, "hi"), compatible);
+            assert_sealed_text_reply(crypt, &reply_of(&w, &q, &body), from, DEFAULT_REPLY);
+        }
+    }
+    // The answer to the old key's message is sealed with the old key, not the new one.
+    let (q, body) = safe_request(&old, &text("oOld2", "hi"), false);
+    let r = reply_of(&w, &q, &body);
+    let sealed = wxmp::crypto::parse_encrypted_reply(&r.body).unwrap();
+    assert!(new
+        .verify_and_decrypt(
+            &sealed.msg_signature,
+            &sealed.timestamp,
+            &sealed.nonce,
+            &sealed.encrypt
+        )
+        .is_err());
+    // A third key opens nothing: refused as before.
+    let other = wxmp::crypto::MsgCrypt::new(
+        TOKEN,
+        "0123456789abcdefghijklmnopqrstuvwxyzABCDEFG",
+        SAMPLE_APP_ID,
+    )
+    .unwrap();
+    let (q, body) = safe_request(&other, &text("oOther", "hi"), false);
+    let r = reply_of(&w, &q, &body);
+    assert_eq!(r.status, 400, "{r:?}");
+}
+
+#[test]
+fn a_previous_key_alone_or_malformed_stops_the_start_saying_which() {
+    for (config, says) in [
+        (
+            format!("app_id = \"{SAMPLE_APP_ID}\"\nprevious_encoding_aes_key = \"{SAMPLE_KEY}\"\n"),
+            "previous_encoding_aes_key is set but encoding_aes_key is not",
+        ),
+        (
+            format!(
+                "{}previous_encoding_aes_key = \"short\"\n",
+                safe_mode_config()
+            ),
+            "previous_encoding_aes_key: bad EncodingAESKey",
+        ),
+    ] {
+        let dir = config_dir("prev-key", &config);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
+            .args(["check", "--config", "wxmp.toml"])
+            .current_dir(&dir)
+            .env_remove("WXMP_CONFIG")
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(1), "{all}");
+        assert!(all.contains(says), "{all}");
+        assert!(
+            !all.contains("short\""),
+            "the key's value reached the output: {all}"
+        );
+    }
+}
+
+#[test]
 fn official_sample_decrypts_through_the_library() {
     let crypt = wxmp::crypto::MsgCrypt::new("spamtest", SAMPLE_KEY, SAMPLE_APP_ID).unwrap();
     let encrypt = "hyzAe4OzmOMbd6TvGdIOO6uBmdJoD0Fk53REIHvxYtJlE2B655HuD0m8KUePWB3+LrPXo87wzQ1QLvbeUgmBM4x6F8PGHQHFVAFmOD2LdJF9FrXpbUAh0B5GIItb52sn896wVsMSHGuPE328HnRGBcrS7C41IzDWyWNlZkyyXwon8T332jisa+h6tEDYsVticbSnyU8dKOIbgU6ux5VTjg3yt+WGzjlpKn6NPhRjpA912xMezR4kw6KWwMrCVKSVCZciVGCgavjIQ6X8tCOp3yZbGpy0VxpAe+77TszTfRd5RJSVO/HTnifJpXgCSUdUue1v6h0EIBYYI1BD1DlD+C0CR8e6OewpusjZ4uBl9FyJvnhvQl+q5rv1ixrcpCumEPo5MJSgM9ehVsNPfUM669WuMyVWQLCzpu9GhglF2PE=";
