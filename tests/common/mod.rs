@@ -114,6 +114,7 @@ impl Wxmp {
             "WXMP_CONFIG",
             "WXMP_APP_ID",
             "WXMP_ENCODING_AES_KEY",
+            "WXMP_PREVIOUS_ENCODING_AES_KEY",
         ] {
             cmd.env_remove(var);
         }
