@@ -673,6 +673,11 @@ mod tests {
                 "Zm9vYmFy",
                 "line 2",
             ),
+            (
+                "token = \"abc\"\nprevious_encoding_aes_key = T2xkU2VjcmV0S2V5 # old key",
+                "T2xkU2Vj",
+                "line 2",
+            ),
         ];
         for (text, secret, needle) in cases {
             let e = Config::from_toml(text).unwrap_err();
