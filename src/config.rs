@@ -674,8 +674,8 @@ mod tests {
                 "line 2",
             ),
             (
-                "token = \"abc\"\nprevious_encoding_aes_key = T2xkU2VjcmV0S2V5 # old key",
-                "T2xkU2Vj",
+                "token = \"abc\"\nprevious_encoding_aes_key = 87654321",
+                "87654321",
                 "line 2",
             ),
         ];
