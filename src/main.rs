@@ -31,6 +31,30 @@ ENVIRONMENT:
     WXMP_PREVIOUS_ENCODING_AES_KEY  previous_encoding_aes_key
 ";
 
+/// What `wxmp check` says of the message encryption the config sets up (never a key).
+fn encryption(config: &Config) -> String {
+    match (&config.encoding_aes_key, &config.app_id) {
+        (Some(key), Some(app_id)) if !key.is_empty() => format!(
+            "encryption: safe and compatible mode for app_id {app_id}{}{}",
+            if config
+                .previous_encoding_aes_key
+                .as_ref()
+                .is_some_and(|k| !k.is_empty())
+            {
+                ", the previous key tried too"
+            } else {
+                ""
+            },
+            if config.encrypted_only {
+                "; plain POSTs refused (encrypted_only)"
+            } else {
+                "; plain POSTs answered too"
+            }
+        ),
+        _ => "encryption: none (plain mode; compatible-mode messages answered in plain)".into(),
+    }
+}
+
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -398,6 +422,7 @@ fn check(path: &std::path::Path) -> ExitCode {
                 config.listen, config.path, config.workers
             );
             println!("  log dir {}", config.log.dir.display());
+            println!("  {}", encryption(&config));
             for line in router.describe() {
                 println!("  {line}");
             }

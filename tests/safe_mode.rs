@@ -264,23 +264,61 @@ fn a_previous_key_alone_or_malformed_stops_the_start_saying_which() {
             "previous_encoding_aes_key: bad EncodingAESKey",
         ),
     ] {
-        let dir = config_dir("prev-key", &config);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
-            .args(["check", "--config", "wxmp.toml"])
-            .current_dir(&dir)
-            .env_remove("WXMP_CONFIG")
-            .output()
-            .unwrap();
-        let all = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(out.status.code(), Some(1), "{all}");
+        let (code, all) = check(&config);
+        assert_eq!(code, Some(1), "{all}");
         assert!(all.contains(says), "{all}");
         assert!(
             !all.contains("short\""),
             "the key's value reached the output: {all}"
+        );
+    }
+}
+
+/// `wxmp check`'s output (stdout and stderr) and exit code for a config with `extra` lines.
+fn check(extra: &str) -> (Option<i32>, String) {
+    let dir = config_dir("check-crypto", extra);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
+        .args(["check", "--config", "wxmp.toml"])
+        .current_dir(&dir)
+        .env_remove("WXMP_CONFIG")
+        .env_remove("WXMP_ENCODING_AES_KEY")
+        .env_remove("WXMP_PREVIOUS_ENCODING_AES_KEY")
+        .env_remove("WXMP_APP_ID")
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), all)
+}
+
+#[test]
+fn wxmp_check_says_which_encryption_is_set_up_and_never_a_key() {
+    let previous = "previous_encoding_aes_key = \"ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut\"\n";
+    for (extra, says) in [
+        (
+            String::new(),
+            "  encryption: none (plain mode; compatible-mode messages answered in plain)\n",
+        ),
+        (
+            safe_mode_config(),
+            "  encryption: safe and compatible mode for app_id wx2c2769f8efd9abc2; plain POSTs \
+             answered too\n",
+        ),
+        (
+            format!("{}{previous}encrypted_only = true\n", safe_mode_config()),
+            "  encryption: safe and compatible mode for app_id wx2c2769f8efd9abc2, the previous \
+             key tried too; plain POSTs refused (encrypted_only)\n",
+        ),
+    ] {
+        let (code, all) = check(&extra);
+        assert_eq!(code, Some(0), "{all}");
+        assert!(all.contains(says), "{all}");
+        assert!(
+            !all.contains("abcdefghij") && !all.contains("ZYXWVU"),
+            "{all}"
         );
     }
 }
