@@ -977,18 +977,6 @@ fn missing_token_refuses_to_start_and_says_what_to_set() {
     );
 }
 
-/// `wxmp ARGS` run in `dir`: its exit code (`None`: ended by a signal), stdout and stderr.
-fn run_wxmp(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("WXMP_CONFIG")
-        .output()
-        .unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code(), text(&out.stdout), text(&out.stderr))
-}
-
 #[test]
 fn the_command_line_takes_one_command_and_the_config_file_either_way() {
     let dir = config_dir("cli", "");

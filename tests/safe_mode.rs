@@ -277,21 +277,8 @@ fn a_previous_key_alone_or_malformed_stops_the_start_saying_which() {
 /// `wxmp check`'s output (stdout and stderr) and exit code for a config with `extra` lines.
 fn check(extra: &str) -> (Option<i32>, String) {
     let dir = config_dir("check-crypto", extra);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
-        .args(["check", "--config", "wxmp.toml"])
-        .current_dir(&dir)
-        .env_remove("WXMP_CONFIG")
-        .env_remove("WXMP_ENCODING_AES_KEY")
-        .env_remove("WXMP_PREVIOUS_ENCODING_AES_KEY")
-        .env_remove("WXMP_APP_ID")
-        .output()
-        .unwrap();
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), all)
+    let (code, out, err) = run_wxmp(&dir, &["check", "--config", "wxmp.toml"]);
+    (code, out + &err)
 }
 
 #[test]

@@ -40,6 +40,30 @@ pub fn config_dir(tag: &str, extra: &str) -> PathBuf {
     dir
 }
 
+/// The environment variables wxmp reads: a wxmp under test starts without the caller's.
+pub const WXMP_ENV: [&str; 7] = [
+    "WXMP_TOKEN",
+    "WXMP_LISTEN",
+    "WXMP_LOG_DIR",
+    "WXMP_CONFIG",
+    "WXMP_APP_ID",
+    "WXMP_ENCODING_AES_KEY",
+    "WXMP_PREVIOUS_ENCODING_AES_KEY",
+];
+
+/// `wxmp ARGS` run to its end in `dir`, without the caller's [`WXMP_ENV`]: its exit code
+/// (`None`: ended by a signal), stdout and stderr.
+pub fn run_wxmp(dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxmp"));
+    cmd.args(args).current_dir(dir);
+    for var in WXMP_ENV {
+        cmd.env_remove(var);
+    }
+    let out = cmd.output().expect("run wxmp");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
 /// A running wxmp process.
 pub struct Wxmp {
     child: Option<Child>,
@@ -107,15 +131,7 @@ impl Wxmp {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for var in [
-            "WXMP_TOKEN",
-            "WXMP_LISTEN",
-            "WXMP_LOG_DIR",
-            "WXMP_CONFIG",
-            "WXMP_APP_ID",
-            "WXMP_ENCODING_AES_KEY",
-            "WXMP_PREVIOUS_ENCODING_AES_KEY",
-        ] {
+        for var in WXMP_ENV {
             cmd.env_remove(var);
         }
         cmd.envs(envs.iter().copied());
