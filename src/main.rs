@@ -33,14 +33,12 @@ ENVIRONMENT:
 
 /// What `wxmp check` says of the message encryption the config sets up (never a key).
 fn encryption(config: &Config) -> String {
-    match (&config.encoding_aes_key, &config.app_id) {
-        (Some(key), Some(app_id)) if !key.is_empty() => format!(
-            "encryption: safe and compatible mode for app_id {app_id}{}{}",
-            if config
-                .previous_encoding_aes_key
-                .as_ref()
-                .is_some_and(|k| !k.is_empty())
-            {
+    // The same decisions `serve` makes: the ciphers a valid config yields.
+    match config.crypt() {
+        Ok(Some(crypt)) => format!(
+            "encryption: safe and compatible mode for app_id {}{}{}",
+            crypt.app_id(),
+            if matches!(config.previous_crypt(), Ok(Some(_))) {
                 ", the previous key tried too"
             } else {
                 ""
