@@ -137,9 +137,14 @@ impl Router {
         self.admins.iter().any(|a| a == openid)
     }
 
+    /// Whether `openid` may run `c`: any command but an admin one, which only `admins` may.
+    fn may_run(&self, c: &Command, openid: &str) -> bool {
+        !c.admin || self.is_admin(openid)
+    }
+
     /// Whether the sender may run `c`; refusals are logged.
     fn allowed(&self, c: &Command, msg: &Message) -> bool {
-        if c.admin && !self.is_admin(&msg.from_user) {
+        if !self.may_run(c, &msg.from_user) {
             warn!(
                 "{} is not in admins: admin command #{} ({}) refused",
                 msg.from_user,
@@ -201,9 +206,8 @@ impl Router {
 
     /// The built-in help for `openid`: each command it may run, with its `help` text.
     fn help(&self, openid: &str) -> String {
-        let admin = self.is_admin(openid);
         let mut text = String::from("可用指令：");
-        for c in self.commands.iter().filter(|c| admin || !c.admin) {
+        for c in self.commands.iter().filter(|c| self.may_run(c, openid)) {
             let what = match &c.matcher {
                 command::Matcher::Name(names) => names.join(" / "),
                 command::Matcher::Prefix(p) => format!("{}…", p.trim_end()),
@@ -250,7 +254,7 @@ impl Router {
                 self.commands
                     .iter()
                     .find(|c| c.has_name(w))
-                    .is_none_or(|c| c.admin && !self.is_admin(openid))
+                    .is_none_or(|c| !self.may_run(c, openid))
             })
             .collect()
     }
