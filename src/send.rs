@@ -868,6 +868,20 @@ fn check_status(resp: &Response, url: &str) -> Result<(), String> {
     let body = snippet(&resp.body);
     match resp.status {
         200 => Ok(()),
+        // wxmp says why it refused; only a bad signature means the token is wrong.
+        403 if body.contains("encrypted messages only") => Err(format!(
+            "403 Forbidden from {url}: the server refused a plain message ({body}). It has \
+             encrypted_only = true: give wxmp send the server's app_id and encoding_aes_key \
+             (--config with the server's wxmp.toml)"
+        )),
+        403 if body.contains("stale timestamp") => Err(format!(
+            "403 Forbidden from {url}: the server refused the timestamp ({body}). This machine's \
+             clock and the server's are over 5 minutes apart (timedatectl set-ntp true)"
+        )),
+        403 if body.contains("AppID") => Err(format!(
+            "403 Forbidden from {url}: the server refused the message ({body}). Set app_id as \
+             the server has it (--config with the server's wxmp.toml)"
+        )),
         403 => Err(format!(
             "403 Forbidden from {url}: the server refused the signature ({body}). The token used \
              here is not the server's: pass --token, or --config with the server's wxmp.toml \
@@ -1672,6 +1686,13 @@ mod tests {
     fn replies_wechat_refuses_are_errors() {
         for (status, body, needle) in [
             (403, "forbidden".to_string(), "--token"),
+            (403, "forbidden: bad signature".to_string(), "--token"),
+            (403, "forbidden: stale timestamp".to_string(), "clock"),
+            (
+                403,
+                "the message is for AppID \"wxa\" but this server is configured with AppID".into(),
+                "Set app_id",
+            ),
             (404, "nf".to_string(), "path"),
             (301, "moved".to_string(), "redirects"),
             (502, "bad gateway".to_string(), "proxy"),

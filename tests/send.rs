@@ -254,6 +254,21 @@ fn safe_mode_is_used_when_the_config_has_a_key() {
 }
 
 #[test]
+fn a_plain_message_to_an_encrypted_only_server_is_not_blamed_on_the_token() {
+    let w = Wxmp::start(&format!("{}encrypted_only = true\n", safe_mode_config()));
+    // The right token, but no keys: the server refuses the plain POST, not the signature.
+    let r = send(&["--url", &url_of(&w), "--token", TOKEN, "hi"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("403 Forbidden"), "{r:?}");
+    assert!(r.stderr.contains("encrypted messages only"), "{r:?}");
+    assert!(r.stderr.contains("encoding_aes_key"), "{r:?}");
+    assert!(
+        !r.stderr.contains("token used here is not the server's"),
+        "the token is right: {r:?}"
+    );
+}
+
+#[test]
 fn connection_refused_is_a_clear_error() {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
