@@ -22,13 +22,22 @@ GNU=x86_64-unknown-linux-gnu
 say() { echo "build-release: $*" >&2; }
 die() { say "$*"; exit 1; }
 
+# Where cargo puts what it builds: target/, unless CARGO_TARGET_DIR or build.target-dir says
+# otherwise.
+target_dir() {
+  local dir
+  dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+  echo "${dir:-target}"
+}
+
 build_musl() {
   if command -v rustup >/dev/null 2>&1; then
     rustup target add "$MUSL" >&2 || return 1
   fi
   say "building a static binary for $MUSL"
   cargo build --release --locked --target "$MUSL" || return 1
-  cp "target/$MUSL/release/wxmp" "$OUT"
+  cp "$(target_dir)/$MUSL/release/wxmp" "$OUT"
 }
 
 build_zig() {
@@ -42,7 +51,7 @@ build_zig() {
   fi
   say "building for $GNU against glibc $MAX_GLIBC with cargo-zigbuild"
   cargo zigbuild --release --locked --target "$GNU.$MAX_GLIBC"
-  cp "target/$GNU/release/wxmp" "$OUT"
+  cp "$(target_dir)/$GNU/release/wxmp" "$OUT"
 }
 
 start=$SECONDS

@@ -14,7 +14,9 @@ MACHINE=wxmp-verify
 BIN=${1:-}
 if [ -z "$BIN" ]; then
     cargo build --release --bin wxmp
-    BIN=target/release/wxmp
+    # target/, unless CARGO_TARGET_DIR or build.target-dir puts cargo's builds elsewhere.
+    TARGET=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+    BIN=${TARGET:-target}/release/wxmp
 fi
 for tool in debootstrap systemd-nspawn; do
     command -v "$tool" >/dev/null || { echo "needs $tool: apt-get install -y debootstrap systemd-container" >&2; exit 2; }
