@@ -481,8 +481,8 @@ pub fn first_run_file(token: &str) -> String {
     format!(
         r#"# wxmp configuration (written on first run; edit freely, then restart or send SIGHUP; listen,
 # workers and [log] need a restart). Every key is optional except token. Environment variables
-# override the file: WXMP_TOKEN, WXMP_LISTEN, WXMP_LOG_DIR, WXMP_APP_ID, WXMP_ENCODING_AES_KEY;
-# WXMP_CONFIG picks another file.
+# override the file: WXMP_TOKEN, WXMP_LISTEN, WXMP_LOG_DIR, WXMP_APP_ID, WXMP_ENCODING_AES_KEY,
+# WXMP_PREVIOUS_ENCODING_AES_KEY; WXMP_CONFIG picks another file.
 
 # The Token to enter in WeChat's admin page (设置与开发 → 基本配置 → 服务器配置).
 token = "{token}"

@@ -1136,6 +1136,12 @@ fn first_run_writes_a_config_with_a_fresh_token_and_serves() {
             .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600, "the token's file is its owner's alone");
+    for var in WXMP_ENV {
+        assert!(
+            file.contains(var),
+            "the first-run file names {var}:\n{file}"
+        );
+    }
     let token = file
         .lines()
         .find_map(|l| l.strip_prefix("token = \""))
