@@ -520,11 +520,20 @@ fn parse_one(index: usize, c: &mut Check, base_dir: &Path) -> Option<Command> {
         }
         [one] => parse_matcher(one, c),
         many => {
+            // Named by the keys the table has: `aliases` without `name`, `key` without `event`.
+            let keys: Vec<&str> = many
+                .iter()
+                .map(|&rule| match rule {
+                    "name" if !c.has("name") => "aliases",
+                    "event" if !c.has("event") => "key",
+                    other => other,
+                })
+                .collect();
             c.err(
-                many[1],
+                keys[1],
                 format!(
                     "a command has exactly one match rule, but this one has {}",
-                    many.join(" and ")
+                    keys.join(" and ")
                 ),
             );
             None

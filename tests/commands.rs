@@ -1077,6 +1077,15 @@ fn sighup_names_the_settings_that_only_a_restart_applies() {
 const BAD: &[(&str, &str)] = &[
     ("name = \"a\"\nreply = \"x\"\nreplly = \"y\"", "replly"),
     ("name = \"a\"\nprefix = \"b\"\nreply = \"x\"", "prefix"),
+    // Two rules are named by the keys the table has: `key` without `event`, `aliases` alone.
+    (
+        "name = \"a\"\nkey = \"K\"\nreply = \"x\"",
+        "key `key`: a command has exactly one match rule, but this one has name and key",
+    ),
+    (
+        "aliases = [\"a\"]\nregex = \"b\"\nreply = \"x\"",
+        "key `regex`: a command has exactly one match rule, but this one has aliases and regex",
+    ),
     ("name = \"a\"\nreply = \"x\"\nfile = \"f.txt\"", "file"),
     ("reply = \"x\"", "match rule"),
     ("name = \"a\"", "action"),
