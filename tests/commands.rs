@@ -67,11 +67,8 @@ fn config_text(rest: &str) -> String {
 }
 
 fn run_check(dir: &Path, file: &str, envs: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"));
+    let mut cmd = wxmp_command();
     cmd.args(["check", "--config", file]).current_dir(dir);
-    for var in ["WXMP_TOKEN", "WXMP_LISTEN", "WXMP_LOG_DIR", "WXMP_CONFIG"] {
-        cmd.env_remove(var);
-    }
     cmd.envs(envs.iter().copied());
     cmd.output().expect("run wxmp check")
 }
@@ -1175,7 +1172,7 @@ fn check_says_when_the_log_folder_could_not_be_made_and_ends_quietly_when_piped_
         .map(|i| format!("[[command]]\nname = \"c{i}\"\nreply = \"x\"\n"))
         .collect();
     site.config(&many);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
+    let mut child = wxmp_command()
         .args(["check", "--config", "wxmp.toml"])
         .current_dir(&site.dir)
         .stdout(std::process::Stdio::piped())
@@ -1222,7 +1219,7 @@ fn check_lists_every_error_at_once_and_serve_refuses_the_file() {
         "{err}"
     );
     assert!(err.contains("admins"), "{err}");
-    let serve = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
+    let serve = wxmp_command()
         .args(["serve", "--config", "wxmp.toml"])
         .current_dir(&site.dir)
         .env_remove("WXMP_TOKEN")

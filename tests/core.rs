@@ -633,7 +633,7 @@ fn a_stderr_nobody_reads_does_not_stop_the_server() {
     // stops being read. Its pipe is made one page small here, and nothing reads it after the
     // start: the log lines of these messages are ~100 times what it holds.
     let dir = config_dir("stderr-unread", "");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
+    let mut child = wxmp_command()
         .args(["serve", "--config", "wxmp.toml"])
         .current_dir(&dir)
         .env_remove("WXMP_LISTEN")
@@ -963,7 +963,7 @@ fn the_token_never_reaches_the_log() {
 fn missing_token_refuses_to_start_and_says_what_to_set() {
     let dir = temp_dir("notoken");
     std::fs::write(dir.join("wxmp.toml"), "listen = \"127.0.0.1:0\"\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
+    let out = wxmp_command()
         .args(["serve", "--config", "wxmp.toml"])
         .current_dir(&dir)
         .env_remove("WXMP_TOKEN")
@@ -1041,7 +1041,7 @@ fn wxmp_check_ends_quietly_when_its_reader_has_gone() {
     let dir = config_dir("cli-pipe", "");
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
+    let out = wxmp_command()
         .args(["check", "--config", "wxmp.toml"])
         .current_dir(&dir)
         .stdout(writer)
@@ -1116,7 +1116,7 @@ fn unknown_config_key_is_named() {
         "token = \"abc123\"\nlisten = \"127.0.0.1:0\"\nworkerz = 3\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
+    let out = wxmp_command()
         .args(["check", "--config", "wxmp.toml"])
         .current_dir(&dir)
         .output()

@@ -310,7 +310,7 @@ fn request_from(src: Ipv4Addr, nginx: &Nginx, head: &str, body: &[u8]) -> Resp {
 
 /// `wxmp send ARGS` (bounded by its own --timeout); exit code and stdout + stderr.
 fn wxmp_send(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wxmp"))
+    let out = wxmp_command()
         .arg("send")
         // Defaults first: a later --token in `args` wins.
         .args(["--token", TOKEN, "--timeout", "5"])
@@ -522,7 +522,7 @@ fn wxmp_send_checks_the_https_url_through_nginx_with_tls() {
     let url = format!("https://127.0.0.1:{}/wx/", nginx.port);
     let cacert = ("CURL_CA_BUNDLE", cert.to_str().expect("utf-8 path"));
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_wxmp"))
+        let out = wxmp_command()
             .arg("send")
             .args(["--token", TOKEN, "--url", &url])
             .args(args)

@@ -661,7 +661,7 @@ fn what_a_start_took_is_kept_again_at_once_and_a_second_server_takes_nothing() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
+    let out = wxmp_command()
         .args(["serve", "--config", "second.toml"])
         .current_dir(&dir)
         .env_remove("WXMP_LISTEN")

@@ -339,7 +339,7 @@ fn bad_key_refuses_to_start() {
         "app_id = \"wx1\"\nencoding_aes_key = \"tooShort\"",
     );
     for cmd in ["check", "serve"] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxmp"))
+        let out = wxmp_command()
             .args([cmd, "--config", "wxmp.toml"])
             .current_dir(&dir)
             .output()

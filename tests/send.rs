@@ -5,7 +5,7 @@ use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -24,18 +24,13 @@ fn send_in(dir: &Path, args: &[&str]) -> Run {
 }
 
 fn send_with_env(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxmp"));
+    let mut cmd = wxmp_command();
     cmd.arg("send")
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("WXMP_") {
-            cmd.env_remove(k);
-        }
-    }
     cmd.envs(envs.iter().copied());
     let start = Instant::now();
     let mut child = cmd.spawn().expect("start wxmp send");

@@ -316,8 +316,11 @@ impl ChildServer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxmp"));
         cmd.args(["serve", "--config", "wxmp.toml"])
             .current_dir(&dir);
-        for var in ["WXMP_TOKEN", "WXMP_LISTEN", "WXMP_LOG_DIR", "WXMP_CONFIG"] {
-            cmd.env_remove(var);
+        // None of the caller's WXMP_* variables (a WXMP_APP_ID would turn on safe mode).
+        for (var, _) in std::env::vars_os() {
+            if var.to_string_lossy().starts_with("WXMP_") {
+                cmd.env_remove(var);
+            }
         }
         ChildServer::spawn_command(cmd, nofile)
     }

@@ -40,7 +40,7 @@ pub fn config_dir(tag: &str, extra: &str) -> PathBuf {
     dir
 }
 
-/// The environment variables wxmp reads: a wxmp under test starts without the caller's.
+/// The environment variables wxmp reads (the first-run file names each).
 pub const WXMP_ENV: [&str; 7] = [
     "WXMP_TOKEN",
     "WXMP_LISTEN",
@@ -51,14 +51,30 @@ pub const WXMP_ENV: [&str; 7] = [
     "WXMP_PREVIOUS_ENCODING_AES_KEY",
 ];
 
-/// `wxmp ARGS` run to its end in `dir`, without the caller's [`WXMP_ENV`]: its exit code
-/// (`None`: ended by a signal), stdout and stderr.
-pub fn run_wxmp(dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+/// The wxmp binary as a command, without any of the caller's `WXMP_*` variables: a test's
+/// wxmp reads only the file and the variables the test sets (a developer's `WXMP_APP_ID`
+/// would otherwise turn on safe mode, say).
+pub fn wxmp_command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxmp"));
-    cmd.args(args).current_dir(dir);
-    for var in WXMP_ENV {
-        cmd.env_remove(var);
+    without_wxmp_env(&mut cmd);
+    cmd
+}
+
+/// Takes every `WXMP_*` variable of the caller's out of what `cmd` will inherit (all of them,
+/// not only [`WXMP_ENV`]: a variable wxmp learns to read later is covered too).
+pub fn without_wxmp_env(cmd: &mut Command) {
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("WXMP_") {
+            cmd.env_remove(var);
+        }
     }
+}
+
+/// `wxmp ARGS` run to its end in `dir`, without the caller's `WXMP_*` variables: its exit
+/// code (`None`: ended by a signal), stdout and stderr.
+pub fn run_wxmp(dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = wxmp_command();
+    cmd.args(args).current_dir(dir);
     let out = cmd.output().expect("run wxmp");
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (out.status.code(), text(&out.stdout), text(&out.stderr))
@@ -131,9 +147,7 @@ impl Wxmp {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for var in WXMP_ENV {
-            cmd.env_remove(var);
-        }
+        without_wxmp_env(&mut cmd);
         cmd.envs(envs.iter().copied());
         prepare(&mut cmd);
         let mut child = cmd.spawn().expect("start wxmp");
