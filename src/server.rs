@@ -1100,7 +1100,7 @@ fn handle_request(app: &Arc<App>, req: Request) {
     let live = Arc::clone(&app.live.read().unwrap_or_else(PoisonError::into_inner));
     let config = &live.config;
     let url = req.url().to_string();
-    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    let (path, query) = split_target(&url);
     if path == "/healthz" && *req.method() == Method::Get {
         return respond_text(req, 200, "ok");
     }
@@ -1133,6 +1133,28 @@ fn handle_request(app: &Arc<App>, req: Request) {
             let _ = req.respond(resp);
         }
     }
+}
+
+/// A request target's path and query (the part after `?`). An HTTP/1.1 server must accept the
+/// absolute form, `http://host/path?query` (RFC 9112, 3.2.2: what a client sends through a
+/// forward proxy), which tiny_http hands on as it came: its scheme and authority are dropped,
+/// and an empty path is `/`.
+fn split_target(target: &str) -> (&str, &str) {
+    let absolute = ["http://", "https://"].into_iter().find_map(|scheme| {
+        target
+            .get(..scheme.len())
+            .filter(|s| s.eq_ignore_ascii_case(scheme))
+            .and_then(|_| target.get(scheme.len()..))
+    });
+    let Some(rest) = absolute else {
+        return target.split_once('?').unwrap_or((target, ""));
+    };
+    let origin = rest
+        .find(['/', '?'])
+        .and_then(|i| rest.get(i..))
+        .unwrap_or("");
+    let (path, query) = origin.split_once('?').unwrap_or((origin, ""));
+    (if path.is_empty() { "/" } else { path }, query)
 }
 
 /// The parts of a request's URL that its plain-mode signature covers.
@@ -1722,6 +1744,22 @@ mod tests {
         // WeChat's third try, the first this process sees: by WeChat's own clock.
         assert!(is_last_try(1, Duration::ZERO, 10));
         assert!(!is_last_try(1, Duration::ZERO, 8));
+    }
+
+    #[test]
+    fn request_targets_in_origin_and_absolute_form() {
+        assert_eq!(split_target("/wx?a=1&b"), ("/wx", "a=1&b"));
+        assert_eq!(split_target("/wx"), ("/wx", ""));
+        assert_eq!(split_target("http://h:80/wx?a=1"), ("/wx", "a=1"));
+        assert_eq!(split_target("HTTPS://h/"), ("/", ""));
+        assert_eq!(split_target("http://h?a=1"), ("/", "a=1"));
+        assert_eq!(split_target("http://h"), ("/", ""));
+        assert_eq!(
+            split_target("http://h/p?x=http://y/z"),
+            ("/p", "x=http://y/z")
+        );
+        assert_eq!(split_target("ftp://h/wx"), ("ftp://h/wx", ""));
+        assert_eq!(split_target("*"), ("*", ""));
     }
 
     #[test]

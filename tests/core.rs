@@ -905,6 +905,43 @@ fn other_paths_are_404_and_healthz_is_ok() {
 }
 
 #[test]
+fn a_request_target_in_absolute_form_is_answered_like_its_path() {
+    // HTTP/1.1 servers must accept `POST http://host/path?query` (RFC 9112, 3.2.2), as a
+    // client sends it through a forward proxy; tiny_http passes the target on as it came.
+    let w = Wxmp::start("path = \"/wx\"");
+    let host = w.addr;
+    let r = w.request(
+        "POST",
+        &format!("http://{host}{}", signed_query("/wx", TOKEN)),
+        &[],
+        text("oAbs", "hi").as_bytes(),
+    );
+    assert_text_reply(&r, "oAbs", DEFAULT_REPLY);
+    let q = signed_query("/wx", TOKEN);
+    let r = w.get(&format!("HTTPS://{host}{q}&echostr=4242"));
+    assert_eq!((r.status, r.body.as_str()), (200, "4242"));
+    let r = w.get(&format!("http://{host}/healthz"));
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    // Its path still has to be WeChat's: the authority is not part of the path.
+    let r = w.request(
+        "POST",
+        &format!("http://{host}{}", signed_query("/other", TOKEN)),
+        &[],
+        text("oAbs", "hi").as_bytes(),
+    );
+    assert_eq!(r.status, 404);
+    assert!(w.wait_for_log("POST /other: not found"), "{}", w.stderr());
+    let r = w.request(
+        "POST",
+        &format!("http://{host}{}", signed_query("", TOKEN)),
+        &[],
+        text("oAbs", "hi").as_bytes(),
+    );
+    assert_eq!(r.status, 404, "an empty path is /, not /wx");
+    assert!(w.wait_for_log("POST /: not found"), "{}", w.stderr());
+}
+
+#[test]
 fn sixteen_threads_times_25_requests_all_answered() {
     let w = Arc::new(Wxmp::start(""));
     let handles: Vec<_> = (0..16)
