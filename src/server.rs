@@ -1444,6 +1444,13 @@ fn route_safely(app: &App, msg: &Message) -> Route {
 fn render(reply: &Reply, msg: &Message, seal: Option<&MsgCrypt>) -> Answer {
     let now = now_unix();
     let xml = reply.render(&msg.from_user, &msg.to_user, now);
+    // A text with nothing visible is written `success` (WeChat shows an error for an empty
+    // text): the log names what was sent.
+    let kind = if xml == "success" {
+        Reply::Success.kind()
+    } else {
+        reply.kind()
+    };
     let body = match seal {
         Some(crypt) if xml != "success" => match crypt.seal_reply(&xml, now) {
             Ok(sealed) => sealed,
@@ -1463,7 +1470,7 @@ fn render(reply: &Reply, msg: &Message, seal: Option<&MsgCrypt>) -> Answer {
     };
     Answer {
         body: body.into(),
-        kind: reply.kind(),
+        kind,
         hand_on: true,
     }
 }

@@ -194,6 +194,29 @@ reply = "catch-all {0}"
 }
 
 #[test]
+fn an_answer_with_nothing_to_show_is_success_and_logged_as_success() {
+    // A text with nothing visible (a `{args}` the message left empty, a program printing only
+    // control characters) is answered `success`, as WeChat shows an error for an empty text:
+    // the log line must say `success` too, not `text`.
+    let site = Site::new("cmd-nothing");
+    site.script("ctl.sh", "printf '\\001\\002'");
+    let w = site.serve(
+        "[[command]]\nprefix = \"回显\"\nreply = \"{args}\"\n\
+         [[command]]\nname = \"控制\"\nexec = [\"./ctl.sh\"]",
+    );
+    for said in ["回显", "控制"] {
+        let r = w.post_signed(&text("oNothing", said));
+        assert_eq!((r.status, r.body.as_str()), (200, "success"), "{said}");
+        assert!(
+            w.wait_for_log(&format!("oNothing text \"{said}\" -> success")),
+            "{}",
+            w.stderr()
+        );
+    }
+    assert!(!w.stderr().contains("-> text"), "{}", w.stderr());
+}
+
+#[test]
 fn openid_and_content_placeholders_and_braces_in_messages_stay_literal() {
     let site = Site::new("cmd-vars");
     let w = site.serve(
