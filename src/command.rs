@@ -473,8 +473,15 @@ fn check_shadowing(commands: &[Command], errors: &mut Vec<String>) {
                         ));
                     }
                 }
+                // A key answers the raw EventKey and its scene alike (`match_event`): `1001`
+                // and `qrscene_1001` are one key.
                 (Matcher::Event { event: e1, key: k1 }, Matcher::Event { event: e2, key: k2 })
-                    if e1 == e2 && (k1.is_none() || k1 == k2) =>
+                    if e1 == e2
+                        && match (k1, k2) {
+                            (None, _) => true,
+                            (Some(k1), Some(k2)) => scene(k1) == scene(k2),
+                            (Some(_), None) => false,
+                        } =>
                 {
                     errors.push(format!(
                         "command #{} (event {e2}): key `key`: command #{} already answers this event{}",

@@ -1180,6 +1180,39 @@ fn check_names_the_command_and_key_of_each_kind_of_error() {
 }
 
 #[test]
+fn check_refuses_an_event_key_an_earlier_command_answers_through_its_scene() {
+    // A key matches the raw EventKey or its scene after `qrscene_`, either way round: after
+    // `key = "1001"`, a command with `key = "qrscene_1001"` (or the reverse) never answers.
+    let site = bad_site();
+    for (first, second) in [("1001", "qrscene_1001"), ("qrscene_7", "7")] {
+        let out = site.check(&format!(
+            "[[command]]\nevent = \"subscribe\"\nkey = \"{first}\"\nreply = \"a\"\n\
+             [[command]]\nevent = \"subscribe\"\nkey = \"{second}\"\nreply = \"b\""
+        ));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{first} then {second}: {err}");
+        assert!(
+            err.contains(
+                "command #2 (event subscribe): key `key`: command #1 already answers this event \
+                 and key"
+            ),
+            "{err}"
+        );
+    }
+    // Another scene is another key.
+    let out = site.check(
+        "[[command]]\nevent = \"SCAN\"\nkey = \"1001\"\nreply = \"a\"\n\
+         [[command]]\nevent = \"SCAN\"\nkey = \"qrscene_1002\"\nreply = \"b\"",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn check_says_when_the_log_folder_could_not_be_made_and_ends_quietly_when_piped_to_head() {
     let site = bad_site();
     // A file where the log folder would go: `wxmp serve` would stop at once.
