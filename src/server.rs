@@ -1101,7 +1101,7 @@ fn handle_request(app: &Arc<App>, req: Request) {
     let config = &live.config;
     let url = req.url().to_string();
     let (path, query) = split_target(&url);
-    if path == "/healthz" && *req.method() == Method::Get {
+    if path == "/healthz" && matches!(req.method(), Method::Get | Method::Head) {
         return respond_text(req, 200, "ok");
     }
     if path != config.path {

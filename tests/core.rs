@@ -905,6 +905,19 @@ fn other_paths_are_404_and_healthz_is_ok() {
 }
 
 #[test]
+fn healthz_answers_head_as_it_answers_get() {
+    // Monitors often ask with HEAD: the same status and length as GET, without the body (and
+    // no "not found" warning in the log for every check).
+    let w = Wxmp::start("");
+    let r = w.request("HEAD", "/healthz", &[], b"");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("Content-Length"), Some("2"), "{r:?}");
+    assert_eq!(r.body, "");
+    assert_eq!(w.get("/healthz").body, "ok");
+    assert!(!w.stderr().contains("not found"), "{}", w.stderr());
+}
+
+#[test]
 fn a_request_target_in_absolute_form_is_answered_like_its_path() {
     // HTTP/1.1 servers must accept `POST http://host/path?query` (RFC 9112, 3.2.2), as a
     // client sends it through a forward proxy; tiny_http passes the target on as it came.
