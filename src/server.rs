@@ -985,18 +985,23 @@ fn respond_answer(req: Request, answer: &Answer) {
 /// it already only when it announced at most [`EAGER_BODY`] bytes and nothing else applies.
 fn body_is_lazy(req: &Request) -> bool {
     let has = |name: &'static str| req.headers().iter().any(|h| h.field.equiv(name));
-    let upgrade = req.headers().iter().any(|h| {
+    connection_upgrade(req)
+        || has("Expect")
+        || has("Transfer-Encoding")
+        || req.body_length().is_some_and(|n| n > EAGER_BODY)
+}
+
+/// Whether the request says `Connection: upgrade`: tiny_http then hands over the raw socket as
+/// its body, which ends only when the client (a proxy waiting for the answer) hangs up.
+fn connection_upgrade(req: &Request) -> bool {
+    req.headers().iter().any(|h| {
         // Compared in place: nginx sends a `Connection` header with every request.
         h.field.equiv("Connection")
             && h.value
                 .as_bytes()
                 .windows(b"upgrade".len())
                 .any(|w| w.eq_ignore_ascii_case(b"upgrade"))
-    });
-    upgrade
-        || has("Expect")
-        || has("Transfer-Encoding")
-        || req.body_length().is_some_and(|n| n > EAGER_BODY)
+    })
 }
 
 /// Takes a request from the recv loop. One whose body is still on the wire is handled on its
@@ -1224,10 +1229,27 @@ fn read_body(req: &mut Request) -> Result<String, (u16, String)> {
     // The announced length bounds the read: with `Connection: upgrade` tiny_http hands over the
     // raw socket, which only ends when the client (a proxy waiting for this answer) hangs up.
     // Without a length only a chunked body has an end of its own.
-    let chunked = req
+    let encoding = req
         .headers()
         .iter()
-        .any(|h| h.field.equiv("Transfer-Encoding"));
+        .find(|h| h.field.equiv("Transfer-Encoding"))
+        .map(|h| h.value.as_str().to_string());
+    let chunked = encoding.is_some();
+    let last_coding_chunked = encoding.as_deref().is_some_and(|te| {
+        te.rsplit(',')
+            .next()
+            .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+    });
+    if last_coding_chunked && req.body_length().is_none() && connection_upgrade(req) {
+        // The raw socket, chunks undecoded: read them to the last one, not to the end of the
+        // connection.
+        let buf = read_chunked(req.as_reader(), MAX_BODY + 1)
+            .map_err(|e| (400, format!("reading the body failed: {e}")))?;
+        if buf.len() > MAX_BODY {
+            return Err((413, format!("body is over the {MAX_BODY}-byte limit")));
+        }
+        return String::from_utf8(buf).map_err(|e| (400, format!("body is not UTF-8: {e}")));
+    }
     let limit = match req.body_length() {
         Some(n) => n as u64,
         None if chunked => MAX_BODY as u64 + 1,
@@ -1242,6 +1264,57 @@ fn read_body(req: &mut Request) -> Result<String, (u16, String)> {
         return Err((413, format!("body is over the {MAX_BODY}-byte limit")));
     }
     String::from_utf8(buf).map_err(|e| (400, format!("body is not UTF-8: {e}")))
+}
+
+/// The longest chunk-size or trailer line read ([`read_chunked`]).
+const CHUNK_LINE_LIMIT: u64 = 1024;
+
+/// Decodes a chunked body (RFC 9112, 7.1) from `reader`, stopping after the last chunk and its
+/// trailers, or as soon as more than `limit` bytes of data have come (the rest is not read):
+/// for a request whose connection tiny_http handed over raw (`Connection: upgrade`), where
+/// the client never ends the connection.
+fn read_chunked(reader: &mut dyn Read, limit: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::BufRead;
+    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
+    let mut reader = std::io::BufReader::new(reader);
+    let mut line = Vec::new();
+    let mut next_line = |reader: &mut std::io::BufReader<&mut dyn Read>| {
+        line.clear();
+        reader
+            .by_ref()
+            .take(CHUNK_LINE_LIMIT)
+            .read_until(b'\n', &mut line)?;
+        if line.ends_with(b"\n") {
+            Ok(String::from_utf8_lossy(&line).trim_end().to_string())
+        } else {
+            Err(bad("a chunk line is cut short or too long"))
+        }
+    };
+    let mut body = Vec::new();
+    loop {
+        let size_line = next_line(&mut reader)?;
+        let size_text = size_line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .ok()
+            .filter(|_| !size_text.starts_with('+'))
+            .ok_or_else(|| bad("a chunk size is not a hexadecimal number"))?;
+        if size == 0 {
+            // Trailers, up to the empty line that ends the body.
+            while !next_line(&mut reader)?.is_empty() {}
+            return Ok(body);
+        }
+        let room = limit.saturating_sub(body.len());
+        let take = size.min(room);
+        let start = body.len();
+        body.resize(start + take, 0);
+        reader.read_exact(&mut body[start..])?;
+        if take < size {
+            return Ok(body);
+        }
+        if !next_line(&mut reader)?.is_empty() {
+            return Err(bad("a chunk is longer than its size"));
+        }
+    }
 }
 
 fn handle_post(app: &Arc<App>, mut req: Request, live: &Live, query: &Query, mut ctx: Ctx) {
@@ -1751,6 +1824,37 @@ mod tests {
         // WeChat's third try, the first this process sees: by WeChat's own clock.
         assert!(is_last_try(1, Duration::ZERO, 10));
         assert!(!is_last_try(1, Duration::ZERO, 8));
+    }
+
+    #[test]
+    fn chunked_bodies_are_read_to_their_last_chunk_and_no_further() {
+        let read = |wire: &[u8], limit: usize| {
+            let mut r: &[u8] = wire;
+            read_chunked(&mut r, limit).map_err(|e| e.to_string())
+        };
+        let ok = b"3;ext=1\r\nabc\r\nA\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\nNEXT REQUEST";
+        assert_eq!(read(ok, 100).as_deref(), Ok(&b"abc0123456789"[..]));
+        assert_eq!(read(b"0\r\n\r\n", 100).as_deref(), Ok(&b""[..]));
+        // Over the limit: the data up to one byte past it, and nothing more is waited for.
+        assert_eq!(read(b"5\r\nabcde", 3).map(|b| b.len()), Ok(3));
+        assert_eq!(read(b"ffffffffffffffff\r\nab", 2).map(|b| b.len()), Ok(2));
+        for bad in [
+            &b"zz\r\nabc\r\n0\r\n\r\n"[..],
+            b"+3\r\nabc\r\n0\r\n\r\n",
+            b"\r\n",
+            b"3\r\nabcd\r\n0\r\n\r\n",
+            b"3\r\nab",
+            b"3",
+            b"0\r\nX-T: 1\r\n",
+        ] {
+            assert!(
+                read(bad, 100).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long_line = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(2000));
+        assert!(read(long_line.as_bytes(), 100).is_err());
     }
 
     #[test]

@@ -199,6 +199,50 @@ fn a_message_sent_with_connection_upgrade_is_answered_at_once() {
     );
 }
 
+/// The same proxy passing on a chunked body (`proxy_request_buffering off` and a client that
+/// sent chunks): tiny_http hands over the raw socket undecoded, so there is no length to stop
+/// at. The chunks are read to the last one, the message answered at once, and a body over the
+/// limit refused 413, while the proxy keeps its side open.
+#[test]
+fn a_chunked_message_sent_with_connection_upgrade_is_answered_at_once() {
+    let _g = serial();
+    let w = Wxmp::start("");
+    let first_line = |body: &[u8], trailer: &str| {
+        let head = format!(
+            "POST {} HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\
+             Transfer-Encoding: chunked\r\n\r\n",
+            signed_query("/", TOKEN)
+        );
+        let mut wire = head.into_bytes();
+        // Two chunks (the first with an extension), then the last chunk and its trailers.
+        let (a, b) = body.split_at(body.len() / 2);
+        wire.extend_from_slice(format!("{:x};x=1\r\n", a.len()).as_bytes());
+        wire.extend_from_slice(a);
+        wire.extend_from_slice(format!("\r\n{:X}\r\n", b.len()).as_bytes());
+        wire.extend_from_slice(b);
+        wire.extend_from_slice(format!("\r\n0\r\n{trailer}\r\n").as_bytes());
+        let mut s = TcpStream::connect(w.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(&wire).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0); // the proxy keeps its side open
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let body = text("oUser", "hi");
+    assert_eq!(first_line(body.as_bytes(), ""), "HTTP/1.1 200 OK");
+    assert_eq!(
+        first_line(text("oUser", "again").as_bytes(), "X-Checked: 1\r\n"),
+        "HTTP/1.1 200 OK"
+    );
+    let over = vec![b'x'; wxmp::server::MAX_BODY + 1];
+    assert_eq!(first_line(&over, ""), "HTTP/1.1 413 Payload Too Large");
+    assert_eq!(first_line(b"<xml>", ""), "HTTP/1.1 400 Bad Request");
+}
+
 /// Bodies over MAX_BODY and up to DRAIN_LIMIT are refused 413 and drained by tiny_http, whose
 /// drain allocates the announced rest at once. With glibc's dynamic mmap threshold the second
 /// such drain is calloc'ed from a thread arena and kept: 16 refused 60 MiB POSTs left ~250 MB
