@@ -1240,6 +1240,14 @@ fn read_body(req: &mut Request) -> Result<String, (u16, String)> {
             .next()
             .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
     });
+    if let Some(te) = encoding.as_deref().filter(|_| !last_coding_chunked) {
+        // RFC 9112, 6.1: the body's length cannot be known, so the request is refused. (tiny_http
+        // would decode it as chunks all the same, waiting for a chunk size that never comes.)
+        return Err((
+            400,
+            format!("Transfer-Encoding {te:?} does not end in chunked: the body has no length"),
+        ));
+    }
     if last_coding_chunked && req.body_length().is_none() && connection_upgrade(req) {
         // The raw socket, chunks undecoded: read them to the last one, not to the end of the
         // connection.

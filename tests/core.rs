@@ -395,6 +395,37 @@ fn chunked_body_over_the_limit_is_413() {
     assert!(r.status == 413 || r.status == 400, "{r:?}");
 }
 
+#[test]
+fn a_transfer_encoding_that_does_not_end_in_chunked_is_400_at_once() {
+    // RFC 9112, 6.1: a request whose Transfer-Encoding does not end in chunked has no length
+    // that can be known, and must be refused 400. tiny_http decodes such a body as chunks all
+    // the same, and waited for a chunk size the client never sends: no answer at all.
+    use std::io::{Read, Write};
+    let w = Wxmp::start("");
+    for te in ["identity", "gzip", "chunked, gzip"] {
+        let body = text("oTe", "hi");
+        let head = format!(
+            "POST {} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {te}\r\nContent-Length: {}\r\n\r\n",
+            signed_query("/", TOKEN),
+            body.len()
+        );
+        let mut s = std::net::TcpStream::connect(w.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(format!("{head}{body}").as_bytes()).unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).unwrap_or(0);
+        let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{te}: {answer:?}");
+        assert!(
+            w.wait_for_log(&format!(
+                "POST refused (400): Transfer-Encoding {te:?} does not end in chunked"
+            )),
+            "{}",
+            w.stderr()
+        );
+    }
+}
+
 /// A text message padded to exactly `len` bytes of XML.
 fn message_of_exactly(len: usize) -> String {
     let bare = text("oEdge", "");
