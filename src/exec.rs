@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -25,6 +25,10 @@ pub const OUTPUT_CAP: usize = 1 << 20;
 pub const MAX_RUNNING: usize = 32;
 
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// The soft open-file limit programs start with (0: as wxmp's own), set by
+/// [`give_programs_fd_limit`].
+static PROGRAMS_FD_LIMIT: AtomicU64 = AtomicU64::new(0);
 
 /// Set by [`stop_all`]: running programs are killed and new ones refused.
 static STOPPING: AtomicBool = AtomicBool::new(false);
@@ -146,6 +150,15 @@ pub fn stop_all(wait: Duration) {
     }
 }
 
+/// Starts programs with the soft open-file limit `soft` (the one wxmp itself was started with,
+/// before it raised its own to the hard limit), where wxmp's own is higher: a program that
+/// closes every fd up to its limit (an old-style daemon, rpm) would take seconds at a limit of
+/// 524288 or ~10^9 (containers), and select(2) cannot take fds over 1023. Raising the limit is
+/// for wxmp's connections, not for what it runs.
+pub fn give_programs_fd_limit(soft: u64) {
+    PROGRAMS_FD_LIMIT.store(soft, Ordering::SeqCst);
+}
+
 /// Gives this module the flag that `wxmp serve`'s SIGTERM and SIGINT handlers set, so that a
 /// program ended by the same stop signal (sent to the whole service) counts as
 /// [`Status::Stopped`], not as a program that failed. The first call wins.
@@ -264,6 +277,24 @@ fn kill_group(pgid: u32) {
     }
 }
 
+/// Lowers this process's soft open-file limit to `soft` if it is higher (in a child before
+/// exec: no allocation, async-signal-safe calls only). A failure leaves the limit as it was.
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux x86_64, not everywhere
+fn lower_fd_limit(soft: u64) -> std::io::Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read or write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && (lim.rlim_cur as u64) > soft {
+            lim.rlim_cur = soft as libc::rlim_t;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    Ok(())
+}
+
 fn status_of(s: ExitStatus) -> Status {
     use std::os::unix::process::ExitStatusExt;
     match (s.code(), s.signal()) {
@@ -315,6 +346,12 @@ fn run_unmarked(job: &Job) -> Output {
         }
     }
     cmd.envs(job.env.iter().map(|(k, v)| (k, v)));
+    let soft = PROGRAMS_FD_LIMIT.load(Ordering::SeqCst);
+    if soft > 0 {
+        // SAFETY: the closure runs in the child between fork and exec and calls only getrlimit
+        // and setrlimit, which are async-signal-safe, on a stack variable of its own.
+        unsafe { cmd.pre_exec(move || lower_fd_limit(soft)) };
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

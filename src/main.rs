@@ -169,6 +169,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
     }
     match wxmp::watchdog::raise_fd_limit() {
         Ok((before, after)) if after > before => {
+            wxmp::exec::give_programs_fd_limit(before);
             log::info!("open-file limit raised from {before} to {after}")
         }
         Ok(_) => {}

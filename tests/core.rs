@@ -1145,8 +1145,12 @@ fn hard_fd_limit() -> u64 {
 
 /// Starts wxmp with its soft open-file limit set to `soft` (the hard one left as it is).
 fn start_with_soft_fd_limit(tag: &str, soft: u64) -> Wxmp {
-    let dir = config_dir(tag, "");
-    Wxmp::start_prepared(&dir, &["serve", "--config", "wxmp.toml"], &[], |cmd| {
+    start_in_with_soft_fd_limit(&config_dir(tag, ""), soft)
+}
+
+/// [`start_with_soft_fd_limit`] in `dir`, whose `wxmp.toml` is written.
+fn start_in_with_soft_fd_limit(dir: &std::path::Path, soft: u64) -> Wxmp {
+    Wxmp::start_prepared(dir, &["serve", "--config", "wxmp.toml"], &[], |cmd| {
         // SAFETY: the closure only calls getrlimit and setrlimit, which are async-signal-safe.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(cmd, move || {
@@ -1187,6 +1191,29 @@ fn a_low_open_file_limit_is_raised_to_the_hard_one_at_start_and_said() {
         "{}",
         at_hard.stderr()
     );
+}
+
+#[test]
+fn programs_get_the_open_file_limit_wxmp_was_given_not_the_raised_one() {
+    // wxmp raises its own soft limit to the hard one (often 524288, or ~10^9 in containers);
+    // the programs it runs must not inherit that: one that closes every fd up to the limit
+    // (an old-style daemon, rpm) takes seconds for it, and select(2) breaks above 1023.
+    let hard = hard_fd_limit();
+    assert!(hard > 300, "a hard limit of {hard} open files");
+    let dir = config_dir(
+        "nofile-child",
+        "[[command]]\nname = \"limit\"\nexec = [\"./limit.sh\"]",
+    );
+    let script = dir.join("limit.sh");
+    std::fs::write(&script, "#!/bin/sh\nulimit -Sn\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let w = start_in_with_soft_fd_limit(&dir, 300);
+    assert!(
+        w.wait_for_log(&format!("open-file limit raised from 300 to {hard}")),
+        "{}",
+        w.stderr()
+    );
+    assert_text_reply(&w.post_signed(&text("oL", "limit")), "oL", "300");
 }
 
 #[test]
