@@ -71,6 +71,21 @@ impl Pending {
     /// answer for the message's tries; when the message was orphaned the text is also kept for
     /// the user's next message, otherwise earlier late results are attached to it.
     pub fn finish(&self, key: &str, openid: &str, reply: Reply, complete: impl FnOnce(Reply)) {
+        self.finish_as(key, openid, reply, true, complete);
+    }
+
+    /// [`Pending::finish`], attaching the earlier late results only when `attach`: not to an
+    /// answer the server's stop cut short, which is not handed to the next process and may
+    /// reach nobody (WeChat's next try goes to the next process and runs the command again),
+    /// so the results wait for the user's next answer there.
+    pub fn finish_as(
+        &self,
+        key: &str,
+        openid: &str,
+        reply: Reply,
+        attach: bool,
+        complete: impl FnOnce(Reply),
+    ) {
         let mut inner = self.lock();
         if inner.orphans.remove(key).is_some() {
             match &reply {
@@ -90,8 +105,10 @@ impl Pending {
                 ),
             }
             complete(reply);
-        } else {
+        } else if attach {
             let reply = attach_locked(&mut inner, openid, reply);
+            complete(reply);
+        } else {
             complete(reply);
         }
     }
@@ -232,6 +249,24 @@ mod tests {
         let restored = Pending::default();
         assert!(restored.restore_late("oV", Duration::ZERO, "x".repeat(100_000)));
         assert!(restored.late_results()[0].2.len() <= TEXT_LIMIT);
+    }
+
+    #[test]
+    fn an_answer_cut_short_leaves_the_late_results_waiting() {
+        let p = Pending::default();
+        assert_eq!(p.give_up::<()>("k", || None), None);
+        p.finish("k", "oU", Reply::Text("RESULT".into()), |_| {});
+        let mut got = None;
+        p.finish_as("k2", "oU", Reply::Text("stopped".into()), false, |r| {
+            got = Some(r)
+        });
+        assert_eq!(got, Some(Reply::Text("stopped".into())));
+        assert_eq!(p.waiting("oU"), 1, "still waiting");
+        p.finish_as("k3", "oU", Reply::Text("done".into()), true, |r| {
+            got = Some(r)
+        });
+        assert_eq!(got, Some(Reply::Text("上次的结果：RESULT\n\ndone".into())));
+        assert_eq!(p.waiting("oU"), 0);
     }
 
     #[test]

@@ -1635,13 +1635,18 @@ fn run_job(
     // The job's program ran on this thread: was it cut short by the stop?
     let cut_short = crate::exec::take_cut_short();
     let mut answer = None;
-    app.pending
-        .finish(&msg.dedup_key(), &msg.from_user, reply, |reply| {
+    app.pending.finish_as(
+        &msg.dedup_key(),
+        &msg.from_user,
+        reply,
+        !cut_short,
+        |reply| {
             let mut rendered = render(&reply, msg, seal);
             rendered.hand_on = !cut_short;
             ticket.complete(rendered.clone());
             answer = Some(rendered);
-        });
+        },
+    );
     answer
 }
 

@@ -192,6 +192,75 @@ fn a_late_result_waits_for_its_user_across_a_restart() {
 }
 
 #[test]
+fn a_late_result_is_not_spent_on_an_answer_the_stop_cut_short() {
+    // A late result goes with its user's next text answer. When that answer is a command the
+    // stop cuts short, the answer is not handed on (the next process runs the command again on
+    // WeChat's next try) and may reach nobody, as here, where WeChat's try has given up: the
+    // late result must wait for the next process, not be spent on that answer.
+    let dir = site(
+        "restart-late-cut",
+        "[[command]]\nname = \"慢\"\nexec = [\"./slow.sh\"]\ntimeout = 12\n\
+         [[command]]\nname = \"抓取\"\nexec = [\"./hang.sh\"]\ntimeout = 12",
+        &[
+            ("slow.sh", "sleep 5\necho LATE RESULT\ntouch finished"),
+            ("hang.sh", "touch hanging\nsleep 30"),
+        ],
+    );
+    let w = serve(&dir);
+    // WeChat's last try (created 10 s before it was signed): the result comes late.
+    let body = text("oLate", "慢");
+    let (open, close) = (
+        body.find("<CreateTime>").unwrap(),
+        body.find("</CreateTime>").unwrap(),
+    );
+    let body = format!(
+        "{}<CreateTime>{}{}",
+        &body[..open],
+        now() - 10,
+        &body[close..]
+    );
+    let notice = w.post_signed(&body);
+    assert_eq!(
+        parse_reply(&notice.body).get("Content"),
+        Some("结果还在生成，稍后发任意消息查看")
+    );
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while !dir.join("finished").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(w.wait_for_log("a late result is kept for the next message"));
+    // The user's next message runs a command that is still running at the stop; its try gives
+    // up first, as WeChat's does after 5 s.
+    let (addr, url, message) = (w.addr, signed_query("/", TOKEN), text("oLate", "抓取"));
+    let gone = std::thread::spawn(move || {
+        try_http(
+            addr,
+            "POST",
+            &url,
+            &[],
+            message.as_bytes(),
+            Duration::from_millis(500),
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !dir.join("hanging").exists() {
+        assert!(Instant::now() < deadline, "the program did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(gone.join().unwrap().is_err(), "the try gave up unanswered");
+    stop(w);
+    let saved = std::fs::read_to_string(state_file(&dir)).unwrap_or_default();
+    assert!(saved.contains("[[late]]"), "{saved}");
+    let w = serve(&dir);
+    assert!(w.wait_for_log("1 late result(s)"), "{}", w.stderr());
+    let next = w.post_signed(&text("oLate", "你好"));
+    assert_eq!(
+        parse_reply(&next.body).get("Content"),
+        Some(format!("上次的结果：LATE RESULT\n\n{DEFAULT_REPLY}").as_str())
+    );
+}
+
+#[test]
 fn a_state_file_wxmp_cannot_read_is_reported_and_the_server_starts_empty() {
     let dir = site("restart-bad", "", &[]);
     std::fs::create_dir_all(dir.join("log")).unwrap();
