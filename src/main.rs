@@ -339,8 +339,8 @@ impl Checkpoint {
                 self.failing = true;
                 log::warn!(
                     "checkpoint: {e}; a crash now would lose the retry table, the signed URLs \
-                     and the late results (a clean stop still saves them); trying again every \
-                     second"
+                     and the late results (a clean stop saves them too, if the file can be written \
+                     by then); trying again every second"
                 );
             }
             Err(_) => {}
