@@ -1109,7 +1109,7 @@ fn handle_request(app: &Arc<App>, req: Request) {
     if path == "/healthz" && matches!(req.method(), Method::Get | Method::Head) {
         return respond_text(req, 200, "ok");
     }
-    if path != config.path {
+    if !path_is(path, &config.path) {
         // Escaped: tiny_http leaves a bare line feed in the request target, and an unsigned
         // request must not be able to write a line of its own into the log.
         warn!(
@@ -1138,6 +1138,38 @@ fn handle_request(app: &Arc<App>, req: Request) {
             let _ = req.respond(resp);
         }
     }
+}
+
+/// Whether the request's `path` is the configured one, `configured`, as it is or with its
+/// `%XX` escapes decoded: a client (and nginx, which passes the URI on as it came) sends a
+/// path such as `/微信` as `/%E5%BE%AE%E4%BF%A1`. `+` is itself in a path, not a space.
+fn path_is(path: &str, configured: &str) -> bool {
+    if path == configured {
+        return true;
+    }
+    if !path.contains('%') {
+        return false;
+    }
+    let hex = |b: Option<&u8>| b.and_then(|&b| (b as char).to_digit(16));
+    let (bytes, mut want) = (path.as_bytes(), configured.bytes());
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (b'%', Some(h), Some(l)) => {
+                i += 3;
+                // Two hex digits are at most 255: the cast cannot truncate.
+                (h * 16 + l) as u8
+            }
+            (b, _, _) => {
+                i += 1;
+                b
+            }
+        };
+        if want.next() != Some(byte) {
+            return false;
+        }
+    }
+    want.next().is_none()
 }
 
 /// A request target's path and query (the part after `?`). An HTTP/1.1 server must accept the
@@ -1868,6 +1900,25 @@ mod tests {
         }
         let long_line = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(2000));
         assert!(read(long_line.as_bytes(), 100).is_err());
+    }
+
+    #[test]
+    fn a_path_matches_as_it_is_or_percent_decoded() {
+        assert!(path_is("/wx", "/wx"));
+        assert!(path_is("/%E5%BE%AE%E4%BF%A1", "/微信"));
+        assert!(path_is("/%e5%be%ae%e4%bf%a1", "/微信"));
+        assert!(path_is("/%77x", "/wx"));
+        assert!(path_is("/a+b", "/a+b"));
+        assert!(path_is("/a%2Bb", "/a+b"));
+        assert!(path_is("/%E5%BE%AE%E4%BF%A1", "/%E5%BE%AE%E4%BF%A1"));
+        assert!(!path_is("/a+b", "/a b"));
+        assert!(!path_is("/wx%", "/wx"));
+        assert!(path_is("/wx%", "/wx%"));
+        assert!(!path_is("/wx%2", "/wx"));
+        assert!(!path_is("/%E5%BE%AE", "/微信"));
+        assert!(!path_is("/%E5%BE%AE%E4%BF%A1x", "/微信"));
+        assert!(!path_is("/wx%2F", "/wx"));
+        assert!(!path_is("/", "/wx"));
     }
 
     #[test]

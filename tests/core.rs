@@ -986,6 +986,29 @@ fn a_request_target_in_absolute_form_is_answered_like_its_path() {
 }
 
 #[test]
+fn a_path_of_chinese_characters_is_answered_when_the_request_escapes_it() {
+    // A browser, WeChat and nginx (which passes the URI on as it came) send `/微信` escaped.
+    let w = Wxmp::start("path = \"/微信\"");
+    let escaped = "/%E5%BE%AE%E4%BF%A1";
+    let r = w.request(
+        "POST",
+        &signed_query(escaped, TOKEN),
+        &[],
+        text("oPath", "hi").as_bytes(),
+    );
+    assert_text_reply(&r, "oPath", DEFAULT_REPLY);
+    let r = w.get(&format!("{}&echostr=77", signed_query(escaped, TOKEN)));
+    assert_eq!((r.status, r.body.as_str()), (200, "77"));
+    let r = w.request(
+        "POST",
+        &signed_query("/%E5%BE%AE", TOKEN),
+        &[],
+        text("oPath", "hi").as_bytes(),
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+}
+
+#[test]
 fn sixteen_threads_times_25_requests_all_answered() {
     let w = Arc::new(Wxmp::start(""));
     let handles: Vec<_> = (0..16)
