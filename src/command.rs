@@ -340,6 +340,82 @@ pub fn has_placeholder(text: &str) -> bool {
     substitute(text, &probe) != text
 }
 
+/// Whether `text` holds a placeholder for what the user wrote (`{args}`, `{content}`, `{1}`
+/// ...); `{openid}` is WeChat's, not the user's.
+fn has_user_text(text: &str) -> bool {
+    let probe = Vars {
+        captures: Captures {
+            args: "\u{1}".into(),
+            groups: std::array::from_fn(|_| "\u{1}".to_string()),
+        },
+        openid: "{openid}".into(),
+        content: "\u{1}".into(),
+    };
+    substitute(text, &probe) != text
+}
+
+/// How a shell or a scripting language (by the program's file name) is told to run an argument
+/// as code: the options after which the next argument is code, the options that take a value
+/// (`-o pipefail`), and whether it is a shell (which also takes `-c` among other single-letter
+/// options: `-ec`, `-lc`).
+struct CodeOptions {
+    code: &'static [&'static str],
+    valued: &'static [&'static str],
+    shell: bool,
+}
+
+fn code_options(program: &Path) -> Option<CodeOptions> {
+    let name = program.file_name()?.to_str()?;
+    // python3, python3.11, lua5.4: the version is part of the name.
+    let base = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    let (code, valued, shell): (&[&str], &[&str], bool) = match base {
+        "sh" | "bash" | "dash" | "zsh" | "ksh" | "mksh" | "ash" | "fish" => {
+            (&["-c"], &["-o", "+o", "-O", "+O"], true)
+        }
+        "python" | "pypy" => (&["-c"], &["-W", "-X"], false),
+        "perl" | "ruby" => (&["-e", "-E"], &["-I", "-M", "-r"], false),
+        "node" | "nodejs" | "deno" | "bun" => (
+            &["-e", "-p", "--eval", "--print"],
+            &["-r", "--require"],
+            false,
+        ),
+        "php" => (&["-r"], &["-d", "-c"], false),
+        "lua" | "luajit" => (&["-e"], &["-l"], false),
+        _ => return None,
+    };
+    Some(CodeOptions {
+        code,
+        valued,
+        shell,
+    })
+}
+
+/// Where an `exec` hands the user's words to a shell or an interpreter as code to run
+/// (`exec = ["sh", "-c", "./report.sh {args}"]`): the argument holding them, or `None`. Only
+/// the interpreter's own options count: those before the first other argument (its script,
+/// whose options are its own) or a `--`.
+fn user_text_run_as_code<'a>(program: &Path, args: &'a [String]) -> Option<&'a str> {
+    let options = code_options(program)?;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let flag = arg.as_str();
+        let shell_cluster = options.shell
+            && flag.len() > 2
+            && flag.starts_with('-')
+            && flag[1..].chars().all(|c| c.is_ascii_alphabetic())
+            && flag.contains('c');
+        if options.code.contains(&flag) || shell_cluster {
+            return args.next().map(String::as_str).filter(|a| has_user_text(a));
+        }
+        if options.valued.contains(&flag) {
+            args.next();
+        } else if flag == "--" || !(flag.starts_with('-') || flag.starts_with('+')) {
+            return None;
+        }
+    }
+    None
+}
+
 /// Collects the problems of one table, each prefixed with the command's label.
 struct Check<'a> {
     label: String,
@@ -577,6 +653,22 @@ fn parse_one(index: usize, c: &mut Check, base_dir: &Path) -> Option<Command> {
         }
     };
     let help = c.string("help");
+    // A shell would run `$(…)`, `;` and backticks in the message: anyone who can write to the
+    // account could run anything as wxmp's user. The words go in an argument of their own
+    // ("$1"), which the shell does not read as code. Admins may (they could as well log in).
+    if let Some(Action::Exec { program, args }) = &action {
+        if let Some(code) = user_text_run_as_code(program, args).filter(|_| !admin) {
+            c.err(
+                "exec",
+                format!(
+                    "{} would run what the user wrote as code ({code:?}): pass it as an \
+                     argument of its own, e.g. exec = [\"sh\", \"-c\", \"./report.sh \\\"$1\\\"\", \
+                     \"sh\", \"{{args}}\"], or make the command admin = true",
+                    program.display()
+                ),
+            );
+        }
+    }
     // WeChat hands only what a user said to customer service; its documentation asks that
     // events (menu clicks, location reports) never be, as the agents would see them as noise.
     if let (
@@ -1067,6 +1159,41 @@ mod tests {
             },
             openid: openid.into(),
             content: "C".into(),
+        }
+    }
+
+    #[test]
+    fn user_text_as_a_shells_or_interpreters_code_is_found() {
+        let run = |argv: &[&str]| {
+            let args: Vec<String> = argv[1..].iter().map(|a| a.to_string()).collect();
+            user_text_run_as_code(Path::new(argv[0]), &args).map(str::to_string)
+        };
+        for caught in [
+            &["sh", "-c", "echo {args}"][..],
+            &["/bin/dash", "-x", "-c", "grep {1} f"],
+            &["bash", "-o", "pipefail", "-c", "x | grep {args}"],
+            &["python3", "-W", "ignore", "-c", "print('{args}')"],
+            &["bash", "--norc", "-ec", "{content}"],
+            &["zsh", "-lc", "x{2}"],
+            &["python3.11", "-c", "print('{args}')"],
+            &["/usr/bin/perl", "-E", "say '{args}'"],
+            &["node", "--eval", "{args}"],
+            &["php", "-r", "echo '{args}';"],
+        ] {
+            assert!(run(caught).is_some(), "{caught:?}");
+        }
+        for fine in [
+            &["sh", "-c", "./report.sh \"$1\"", "sh", "{args}"][..],
+            &["sh", "./report.sh", "{args}"],
+            &["sh", "-c", "./report.sh {openid}"],
+            &["bash", "--", "-c", "x"],
+            &["python3", "report.py", "-c", "{args}"],
+            &["sh", "./report.sh", "-c", "{args}"],
+            &["mytool", "-c", "{args}"],
+            &["shred", "-c", "{args}"],
+            &["sh", "-c"],
+        ] {
+            assert_eq!(run(fine), None, "{fine:?}");
         }
     }
 

@@ -647,6 +647,21 @@ fn shell_syntax_in_a_message_is_plain_text() {
 }
 
 #[test]
+fn a_shell_may_take_the_message_as_an_argument_but_not_as_its_script() {
+    let site = Site::new("cmd-shell");
+    // "$1" is a word the shell does not read as code; the script itself is fixed. An admin
+    // may hand a shell what they write (they could as well log in).
+    let w = site.serve(
+        "admins = [\"oAdmin\"]\n\
+         [[command]]\nprefix = \"查\"\nexec = [\"sh\", \"-c\", \"printf '%s|%s' \\\"$1\\\" \\\"$0\\\"\", \"{openid}\", \"{args}\"]\n\
+         [[command]]\nprefix = \"运行\"\nexec = [\"sh\", \"-c\", \"{args}\"]\nadmin = true",
+    );
+    assert_eq!(say(&w, "oX", "查 $(touch pwned)"), "$(touch pwned)|oX");
+    assert!(!site.path("pwned").exists());
+    assert_eq!(say(&w, "oAdmin", "运行 echo $((6*7))"), "42");
+}
+
+#[test]
 fn non_zero_exit_is_a_clear_text_and_empty_output_is_not_empty() {
     let site = Site::new("cmd-fail");
     site.script("fail.sh", "echo partial; echo broken pipe >&2; exit 3");
@@ -1115,6 +1130,19 @@ const BAD: &[(&str, &str)] = &[
     ("name = \"a\"\nexec = [\"no-such-program-wxmp\"]", "exec"),
     ("name = \"a\"\nexec = []", "exec"),
     ("name = \"a\"\nexec = [\"{args}\"]", "exec"),
+    // The user's words as a shell's or an interpreter's code: `$(…)` would run.
+    (
+        "prefix = \"a\"\nexec = [\"sh\", \"-c\", \"./ok.sh {args}\"]",
+        "key `exec`: sh would run what the user wrote as code (\"./ok.sh {args}\")",
+    ),
+    (
+        "regex = \"^a (.*)\"\nexec = [\"bash\", \"-ec\", \"grep {1} f\"]",
+        "would run what the user wrote as code",
+    ),
+    (
+        "prefix = \"a\"\nexec = [\"perl\", \"-e\", \"print '{content}'\"]",
+        "would run what the user wrote as code",
+    ),
     ("name = \"a\"\nfile = \"nofolder/x.txt\"", "file"),
     ("name = \"a\"\nfile = \"sub\"", "file"),
     (
