@@ -277,6 +277,26 @@ fn kill_group(pgid: u32) {
     }
 }
 
+/// Asks Linux to kill this process (a program about to be exec'd) when wxmp, `wxmp` its pid,
+/// is gone: a wxmp killed with SIGKILL (a panel's `kill -9`, the out-of-memory killer) is no
+/// longer there to enforce the program's timeout, and outside systemd nothing else would end
+/// a program that hangs. The signal comes when the thread that started the program ends;
+/// that thread waits for the program ([`run`]), so it only ends before it with wxmp. What the
+/// program starts in the background is its own (README, Programs).
+fn die_with_wxmp(wxmp: u32) -> std::io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid take and return plain integers.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // wxmp died between the fork and the prctl: the signal would never come.
+        if libc::getppid() as u32 != wxmp {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+    }
+    Ok(())
+}
+
 /// Lowers this process's soft open-file limit to `soft` if it is higher (in a child before
 /// exec: no allocation, async-signal-safe calls only). A failure leaves the limit as it was.
 #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux x86_64, not everywhere
@@ -347,11 +367,19 @@ fn run_unmarked(job: &Job) -> Output {
     }
     cmd.envs(job.env.iter().map(|(k, v)| (k, v)));
     let soft = PROGRAMS_FD_LIMIT.load(Ordering::SeqCst);
-    if soft > 0 {
-        // SAFETY: the closure runs in the child between fork and exec and calls only getrlimit
-        // and setrlimit, which are async-signal-safe, on a stack variable of its own.
-        unsafe { cmd.pre_exec(move || lower_fd_limit(soft)) };
-    }
+    let wxmp = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec and calls only prctl,
+    // getppid, getrlimit and setrlimit, which are async-signal-safe, on stack variables of its
+    // own, and builds its error from a raw errno (no allocation).
+    unsafe {
+        cmd.pre_exec(move || {
+            die_with_wxmp(wxmp)?;
+            if soft > 0 {
+                lower_fd_limit(soft)?;
+            }
+            Ok(())
+        })
+    };
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

@@ -738,6 +738,29 @@ fn timeout_kills_the_whole_process_group_and_says_so() {
 }
 
 #[test]
+fn a_program_does_not_outlive_a_wxmp_killed_with_sigkill() {
+    // Nothing would enforce its timeout any more (a panel's `kill -9`, the OOM killer).
+    let site = Site::new("cmd-pdeathsig");
+    site.script("hang.sh", "echo $$ > child.pid\nsleep 30\necho never");
+    let mut w = site.serve("[[command]]\nname = \"挂\"\nexec = [\"./hang.sh\"]");
+    assert!(post_within(&w, &text("oK", "挂"), Duration::from_millis(300)).is_none());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while site.read("child.pid").trim().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let child = site.read("child.pid");
+    let child = child.trim();
+    assert!(!child.is_empty() && !dead(child), "the program runs");
+    w.signal(libc::SIGKILL);
+    assert_eq!(w.wait_exit(Duration::from_secs(3)), Some(-1));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !dead(child) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(dead(child), "the program went with wxmp");
+}
+
+#[test]
 fn default_timeout_answers_before_wechats_deadline() {
     let site = Site::new("cmd-deftimeout");
     site.script("hang.sh", "sleep 30");
