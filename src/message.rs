@@ -255,6 +255,17 @@ impl<'a> Fields<'a> {
             .collect()
     }
 
+    /// A numeric field that only informs (a location's coordinates and scale, a count): absent,
+    /// empty or not a number counts as zero, the last logged, so that an odd value never costs
+    /// the user the answer to the message. (The fields that tell messages apart, `MsgId` and
+    /// `CreateTime`, are [`Fields::num`]: strict.)
+    fn reading<T: std::str::FromStr + Default>(&self, name: &str) -> T {
+        self.num(name).unwrap_or_else(|e| {
+            log::warn!("{e}; taken as 0");
+            T::default()
+        })
+    }
+
     /// A numeric field; absent or empty counts as zero, garbage is an error.
     fn num<T: std::str::FromStr + Default>(&self, name: &str) -> Result<T, ParseError> {
         match self.get(name).map(str::trim) {
@@ -479,9 +490,9 @@ fn parse_kind(msg_type: &str, f: &Fields) -> Result<Kind, ParseError> {
             thumb_media_id: f.text("ThumbMediaId"),
         },
         "location" => Kind::Location {
-            latitude: f.num("Location_X")?,
-            longitude: f.num("Location_Y")?,
-            scale: f.num("Scale")?,
+            latitude: f.reading("Location_X"),
+            longitude: f.reading("Location_Y"),
+            scale: f.reading("Scale"),
             label: f.text("Label"),
         },
         "link" => Kind::Link {
@@ -508,7 +519,7 @@ fn parse_event(f: &Fields) -> Result<Event, ParseError> {
     let key = || f.text("EventKey");
     let pics = || -> Result<SendPicsInfo, ParseError> {
         Ok(SendPicsInfo {
-            count: f.num("SendPicsInfo/Count")?,
+            count: f.reading("SendPicsInfo/Count"),
             pic_md5_sums: f.all("SendPicsInfo/PicList/item/PicMd5Sum"),
         })
     };
@@ -524,9 +535,9 @@ fn parse_event(f: &Fields) -> Result<Event, ParseError> {
             ticket: f.opt("Ticket"),
         },
         "location" => Event::Location {
-            latitude: f.num("Latitude")?,
-            longitude: f.num("Longitude")?,
-            precision: f.num("Precision")?,
+            latitude: f.reading("Latitude"),
+            longitude: f.reading("Longitude"),
+            precision: f.reading("Precision"),
         },
         "click" => Event::Click { event_key: key() },
         "view" => Event::View {
@@ -561,9 +572,9 @@ fn parse_event(f: &Fields) -> Result<Event, ParseError> {
         },
         "location_select" => Event::LocationSelect {
             event_key: key(),
-            latitude: f.num("SendLocationInfo/Location_X")?,
-            longitude: f.num("SendLocationInfo/Location_Y")?,
-            scale: f.num("SendLocationInfo/Scale")?,
+            latitude: f.reading("SendLocationInfo/Location_X"),
+            longitude: f.reading("SendLocationInfo/Location_Y"),
+            scale: f.reading("SendLocationInfo/Scale"),
             label: f.text("SendLocationInfo/Label"),
             poiname: f.text("SendLocationInfo/Poiname"),
         },
@@ -582,10 +593,10 @@ fn parse_event(f: &Fields) -> Result<Event, ParseError> {
                 "MsgId"
             })?,
             status: f.text("Status"),
-            total_count: f.num("TotalCount")?,
-            filter_count: f.num("FilterCount")?,
-            sent_count: f.num("SentCount")?,
-            error_count: f.num("ErrorCount")?,
+            total_count: f.reading("TotalCount"),
+            filter_count: f.reading("FilterCount"),
+            sent_count: f.reading("SentCount"),
+            error_count: f.reading("ErrorCount"),
         },
         _ => Event::Unknown { event },
     })

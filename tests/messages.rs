@@ -193,6 +193,40 @@ fn location() {
 }
 
 #[test]
+fn a_location_with_an_odd_number_is_answered_all_the_same() {
+    // A coordinate or scale that is not a number only informs: it counts as 0 and is
+    // logged, and the user still gets the answer (MsgId and CreateTime stay strict).
+    let xml = msg(
+        "oOdd",
+        "location",
+        &[
+            ("Location_X", "23.1"),
+            ("Location_Y", "north"),
+            ("Scale", "15.5"),
+            ("Label", "广州"),
+            ("MsgId", &fresh_id()),
+        ],
+    );
+    let (k, r) = converse(&xml);
+    assert_eq!(
+        k,
+        Kind::Location {
+            latitude: 23.1,
+            longitude: 0.0,
+            scale: 0,
+            label: s("广州")
+        }
+    );
+    assert_text_reply(&r, "oOdd", DEFAULT_REPLY);
+    assert!(logged(
+        "field <Scale> should be a number, got \"15.5\"; taken as 0"
+    ));
+    assert!(logged(
+        "field <Location_Y> should be a number, got \"north\"; taken as 0"
+    ));
+}
+
+#[test]
 fn link() {
     let (k, r) = converse(&msg(
         "oLink",
