@@ -235,23 +235,25 @@ impl Capture {
 
 /// Waits up to `timeout` for output on the pipes still open and reads what came; with none
 /// open, just waits.
-fn pump(captures: &mut [Capture; 2], timeout: Duration) {
+fn pump(captures: &mut [Capture; 2], exit: Option<&OwnedFd>, timeout: Duration) {
     let mut fds = [libc::pollfd {
         fd: -1,
         events: libc::POLLIN,
         revents: 0,
-    }; 2];
+    }; 3];
     for (pfd, c) in fds.iter_mut().zip(captures.iter()) {
         // A negative fd is ignored by poll: a closed pipe's slot stays -1.
         pfd.fd = c.pipe.as_ref().map_or(-1, |p| p.as_raw_fd());
     }
+    // The program's pidfd, readable once it has exited: the wait ends then, not a pause later.
+    fds[2].fd = exit.map_or(-1, |fd| fd.as_raw_fd());
     if fds.iter().all(|p| p.fd < 0) {
         thread::sleep(timeout);
         return;
     }
     let ms = libc::c_int::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
-    // SAFETY: poll reads and writes exactly the two pollfd structs of the array we pass.
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+    // SAFETY: poll reads and writes exactly the three pollfd structs of the array we pass.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 3, ms) };
     if rc < 0 {
         if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
             // Not expected with two valid fds; wait rather than spin.
@@ -264,6 +266,19 @@ fn pump(captures: &mut [Capture; 2], timeout: Duration) {
             c.read_ready();
         }
     }
+}
+
+/// A pidfd for the child `pid` (Linux 5.3 and later), which `poll` reports readable once the
+/// child has exited; `None` where the kernel has none, and the wait polls in growing pauses.
+fn pidfd(pid: u32) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; the child is not
+    // reaped yet, so the pid is still ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = libc::c_int::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Kills every process of group `pgid` (the program and whatever it started).
@@ -390,6 +405,7 @@ fn run_unmarked(job: &Job) -> Output {
         }
     };
     let pgid = child.id();
+    let exited = pidfd(pgid);
     let mut captures = [
         Capture::new(child.stdout.take()),
         Capture::new(child.stderr.take()),
@@ -421,9 +437,16 @@ fn run_unmarked(job: &Job) -> Output {
             let _ = child.wait();
             break Status::TimedOut;
         }
-        pump(&mut captures, pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(10));
+        pump(&mut captures, exited.as_ref(), pause.min(deadline - now));
+        pause = match exited {
+            // Anything the program does ends the wait at once: the pause only bounds how late
+            // a stop is noticed.
+            Some(_) => Duration::from_millis(10),
+            None => (pause * 2).min(Duration::from_millis(10)),
+        };
     };
+    // Reaped: the pidfd would stay readable and turn the reads below into a spin.
+    drop(exited);
     // The program is gone; what it started may still hold the pipes. Read them up to the
     // deadline, or the server's stop (nobody would enforce the deadline after it), then kill
     // the rest of the group and keep what was read. The program ran to its end: its status
@@ -436,6 +459,7 @@ fn run_unmarked(job: &Job) -> Output {
         }
         pump(
             &mut captures,
+            None,
             (deadline - now).min(Duration::from_millis(10)),
         );
     }
