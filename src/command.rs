@@ -329,26 +329,24 @@ pub fn substitute(template: &str, vars: &Vars) -> String {
 
 /// Whether `text` holds any placeholder.
 pub fn has_placeholder(text: &str) -> bool {
-    let probe = Vars {
-        captures: Captures {
-            args: "\u{1}".into(),
-            groups: std::array::from_fn(|_| "\u{1}".to_string()),
-        },
-        openid: "\u{1}".into(),
-        content: "\u{1}".into(),
-    };
-    substitute(text, &probe) != text
+    changes_with(text, "\u{1}")
 }
 
 /// Whether `text` holds a placeholder for what the user wrote (`{args}`, `{content}`, `{1}`
 /// ...); `{openid}` is WeChat's, not the user's.
 fn has_user_text(text: &str) -> bool {
+    changes_with(text, "{openid}")
+}
+
+/// Whether filling `text`'s placeholders changes it, with `openid` for `{openid}` and a
+/// character no template holds for the others.
+fn changes_with(text: &str, openid: &str) -> bool {
     let probe = Vars {
         captures: Captures {
             args: "\u{1}".into(),
             groups: std::array::from_fn(|_| "\u{1}".to_string()),
         },
-        openid: "{openid}".into(),
+        openid: openid.into(),
         content: "\u{1}".into(),
     };
     substitute(text, &probe) != text

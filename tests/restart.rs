@@ -144,6 +144,21 @@ fn a_retry_after_a_restart_gets_the_same_bytes_and_the_command_runs_once() {
     assert_eq!(parse_reply(&next.body).get("Content"), Some("run 2"));
 }
 
+/// `body` with a `CreateTime` 10 s before now: WeChat's last try, which cannot wait for a slow
+/// command's result.
+fn created_10_s_ago(body: &str) -> String {
+    let (open, close) = (
+        body.find("<CreateTime>").unwrap(),
+        body.find("</CreateTime>").unwrap(),
+    );
+    format!(
+        "{}<CreateTime>{}{}",
+        &body[..open],
+        now() - 10,
+        &body[close..]
+    )
+}
+
 #[test]
 fn a_late_result_waits_for_its_user_across_a_restart() {
     let dir = site(
@@ -153,18 +168,7 @@ fn a_late_result_waits_for_its_user_across_a_restart() {
     );
     let w = serve(&dir);
     // WeChat's last try (created 10 s before it was signed): it cannot wait for the result.
-    let body = text("oLate", "慢");
-    let (open, close) = (
-        body.find("<CreateTime>").unwrap(),
-        body.find("</CreateTime>").unwrap(),
-    );
-    let body = format!(
-        "{}<CreateTime>{}{}",
-        &body[..open],
-        now() - 10,
-        &body[close..]
-    );
-    let notice = w.post_signed(&body);
+    let notice = w.post_signed(&created_10_s_ago(&text("oLate", "慢")));
     assert_eq!(
         parse_reply(&notice.body).get("Content"),
         Some("结果还在生成，稍后发任意消息查看")
@@ -208,18 +212,7 @@ fn a_late_result_is_not_spent_on_an_answer_the_stop_cut_short() {
     );
     let w = serve(&dir);
     // WeChat's last try (created 10 s before it was signed): the result comes late.
-    let body = text("oLate", "慢");
-    let (open, close) = (
-        body.find("<CreateTime>").unwrap(),
-        body.find("</CreateTime>").unwrap(),
-    );
-    let body = format!(
-        "{}<CreateTime>{}{}",
-        &body[..open],
-        now() - 10,
-        &body[close..]
-    );
-    let notice = w.post_signed(&body);
+    let notice = w.post_signed(&created_10_s_ago(&text("oLate", "慢")));
     assert_eq!(
         parse_reply(&notice.body).get("Content"),
         Some("结果还在生成，稍后发任意消息查看")
