@@ -144,6 +144,22 @@ fn a_retry_after_a_restart_gets_the_same_bytes_and_the_command_runs_once() {
     assert_eq!(parse_reply(&next.body).get("Content"), Some("run 2"));
 }
 
+/// Sends `慢` from `oLate` as WeChat's last try (created 10 s before it was signed), which
+/// cannot wait for the result: the answer says it is coming, and the result (its script
+/// touches `finished`) is kept for the user's next message.
+fn leave_a_late_result(w: &Wxmp, dir: &Path) {
+    let notice = w.post_signed(&created_10_s_ago(&text("oLate", "慢")));
+    assert_eq!(
+        parse_reply(&notice.body).get("Content"),
+        Some("结果还在生成，稍后发任意消息查看")
+    );
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while !dir.join("finished").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(w.wait_for_log("a late result is kept for the next message"));
+}
+
 /// `body` with a `CreateTime` 10 s before now: WeChat's last try, which cannot wait for a slow
 /// command's result.
 fn created_10_s_ago(body: &str) -> String {
@@ -167,17 +183,7 @@ fn a_late_result_waits_for_its_user_across_a_restart() {
         &[("slow.sh", "sleep 6\necho LATE RESULT\ntouch finished")],
     );
     let w = serve(&dir);
-    // WeChat's last try (created 10 s before it was signed): it cannot wait for the result.
-    let notice = w.post_signed(&created_10_s_ago(&text("oLate", "慢")));
-    assert_eq!(
-        parse_reply(&notice.body).get("Content"),
-        Some("结果还在生成，稍后发任意消息查看")
-    );
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while !dir.join("finished").exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(w.wait_for_log("a late result is kept for the next message"));
+    leave_a_late_result(&w, &dir);
     stop(w);
 
     let w = serve(&dir);
@@ -211,17 +217,7 @@ fn a_late_result_is_not_spent_on_an_answer_the_stop_cut_short() {
         ],
     );
     let w = serve(&dir);
-    // WeChat's last try (created 10 s before it was signed): the result comes late.
-    let notice = w.post_signed(&created_10_s_ago(&text("oLate", "慢")));
-    assert_eq!(
-        parse_reply(&notice.body).get("Content"),
-        Some("结果还在生成，稍后发任意消息查看")
-    );
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while !dir.join("finished").exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(w.wait_for_log("a late result is kept for the next message"));
+    leave_a_late_result(&w, &dir);
     // The user's next message runs a command that is still running at the stop; its try gives
     // up first, as WeChat's does after 5 s.
     let (addr, url, message) = (w.addr, signed_query("/", TOKEN), text("oLate", "抓取"));
