@@ -160,6 +160,15 @@ fn leave_a_late_result(w: &Wxmp, dir: &Path) {
     assert!(w.wait_for_log("a late result is kept for the next message"));
 }
 
+/// Waits (up to 5 s) for `file`, which a program makes when it has started.
+fn wait_until_started(file: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "the program did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `body` with a `CreateTime` 10 s before now: WeChat's last try, which cannot wait for a slow
 /// command's result.
 fn created_10_s_ago(body: &str) -> String {
@@ -231,11 +240,7 @@ fn a_late_result_is_not_spent_on_an_answer_the_stop_cut_short() {
             Duration::from_millis(500),
         )
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !dir.join("hanging").exists() {
-        assert!(Instant::now() < deadline, "the program did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_started(&dir.join("hanging"));
     assert!(gone.join().unwrap().is_err(), "the try gave up unanswered");
     stop(w);
     let saved = std::fs::read_to_string(state_file(&dir)).unwrap_or_default();
@@ -435,11 +440,7 @@ fn fetch_in_background(w: &Wxmp, dir: &Path) -> (String, std::thread::JoinHandle
             Duration::from_secs(15),
         )
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !dir.join("pid").exists() {
-        assert!(Instant::now() < deadline, "the program did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_started(&dir.join("pid"));
     (message, first)
 }
 
