@@ -710,6 +710,28 @@ fn dead(pid: &str) -> bool {
     }
 }
 
+/// Waits (up to 3 s) for a program to write its pid into `file` of `site`: the pid, empty if
+/// none came.
+fn pid_in(site: &Site, file: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let pid = site.read(file).trim().to_string();
+        if !pid.is_empty() || Instant::now() >= deadline {
+            return pid;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits up to `limit` for every process of `pids` to be gone: whether they are.
+fn all_dead(pids: &[&str], limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while !pids.iter().all(|pid| dead(pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pids.iter().all(|pid| dead(pid))
+}
+
 #[test]
 fn timeout_kills_the_whole_process_group_and_says_so() {
     let site = Site::new("cmd-timeout");
@@ -725,13 +747,10 @@ fn timeout_kills_the_whole_process_group_and_says_so() {
         took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
         "{took:?}"
     );
-    let (child, grandchild) = (site.read("child.pid"), site.read("grandchild.pid"));
-    let (child, grandchild) = (child.trim(), grandchild.trim());
+    let (child, grandchild) = (pid_in(&site, "child.pid"), pid_in(&site, "grandchild.pid"));
+    let (child, grandchild) = (child.as_str(), grandchild.as_str());
     assert!(!child.is_empty() && !grandchild.is_empty());
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !(dead(child) && dead(grandchild)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    all_dead(&[child, grandchild], Duration::from_secs(3));
     assert!(dead(child), "the program was killed");
     assert!(dead(grandchild), "the program's child was killed too");
     assert!(w.wait_for_log("process group was killed"));
@@ -744,20 +763,14 @@ fn a_program_does_not_outlive_a_wxmp_killed_with_sigkill() {
     site.script("hang.sh", "echo $$ > child.pid\nsleep 30\necho never");
     let mut w = site.serve("[[command]]\nname = \"挂\"\nexec = [\"./hang.sh\"]");
     assert!(post_within(&w, &text("oK", "挂"), Duration::from_millis(300)).is_none());
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while site.read("child.pid").trim().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let child = site.read("child.pid");
-    let child = child.trim();
-    assert!(!child.is_empty() && !dead(child), "the program runs");
+    let child = pid_in(&site, "child.pid");
+    assert!(!child.is_empty() && !dead(&child), "the program runs");
     w.signal(libc::SIGKILL);
     assert_eq!(w.wait_exit(Duration::from_secs(3)), Some(-1));
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !dead(child) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(dead(child), "the program went with wxmp");
+    assert!(
+        all_dead(&[&child], Duration::from_secs(3)),
+        "the program went with wxmp"
+    );
 }
 
 #[test]
@@ -994,18 +1007,10 @@ fn sigterm_kills_running_programs_instead_of_leaving_them() {
     );
     let w = site.serve("[[command]]\nname = \"挂\"\nexec = [\"./hang.sh\"]\ntimeout = 14");
     assert!(post_within(&w, &text("oK", "挂"), Duration::from_millis(300)).is_none());
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while site.read("grandchild.pid").trim().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let (child, grandchild) = (site.read("child.pid"), site.read("grandchild.pid"));
-    assert!(!dead(child.trim()), "running before the stop");
+    let (grandchild, child) = (pid_in(&site, "grandchild.pid"), pid_in(&site, "child.pid"));
+    assert!(!dead(&child), "running before the stop");
     assert_eq!(w.terminate().code(), Some(0));
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !(dead(child.trim()) && dead(grandchild.trim())) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(dead(child.trim()) && dead(grandchild.trim()));
+    assert!(all_dead(&[&child, &grandchild], Duration::from_secs(2)));
 }
 
 #[test]
@@ -1017,19 +1022,11 @@ fn sigterm_also_kills_what_a_finished_program_left_holding_its_output() {
     site.script("start.sh", "sleep 30 &\necho $! > left.pid\necho 已开始");
     let w = site.serve("[[command]]\nname = \"开始\"\nexec = [\"./start.sh\"]\ntimeout = 14");
     assert!(post_within(&w, &text("oK", "开始"), Duration::from_millis(300)).is_none());
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while site.read("left.pid").trim().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let left = site.read("left.pid");
-    let left = left.trim();
+    let left = pid_in(&site, "left.pid");
+    let left = left.as_str();
     assert!(!left.is_empty() && !dead(left), "running before the stop");
     assert_eq!(w.terminate().code(), Some(0));
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !dead(left) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let survived = !dead(left);
+    let survived = !all_dead(&[left], Duration::from_secs(2));
     if survived {
         // SAFETY: kill(2) with plain integers; the process is the test's own leftover.
         unsafe { libc::kill(left.parse().unwrap(), libc::SIGKILL) };
