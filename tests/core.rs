@@ -400,7 +400,6 @@ fn a_transfer_encoding_that_does_not_end_in_chunked_is_400_at_once() {
     // RFC 9112, 6.1: a request whose Transfer-Encoding does not end in chunked has no length
     // that can be known, and must be refused 400. tiny_http decodes such a body as chunks all
     // the same, and waited for a chunk size the client never sends: no answer at all.
-    use std::io::{Read, Write};
     let w = Wxmp::start("");
     for te in ["identity", "gzip", "chunked, gzip"] {
         let body = text("oTe", "hi");
@@ -409,12 +408,7 @@ fn a_transfer_encoding_that_does_not_end_in_chunked_is_400_at_once() {
             signed_query("/", TOKEN),
             body.len()
         );
-        let mut s = std::net::TcpStream::connect(w.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        s.write_all(format!("{head}{body}").as_bytes()).unwrap();
-        let mut buf = [0u8; 256];
-        let n = s.read(&mut buf).unwrap_or(0);
-        let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let answer = first_of_answer(&w, &format!("{head}{body}"), Duration::from_secs(3));
         assert!(answer.starts_with("HTTP/1.1 400"), "{te}: {answer:?}");
         assert!(
             w.wait_for_log(&format!(
@@ -466,18 +460,25 @@ fn a_body_of_exactly_64_kib_is_read_and_one_byte_more_is_413_chunked_or_not() {
 /// Sends a signed POST head announcing a body of `len` bytes, and none of it: the answer's
 /// status line, read before the connection is closed.
 fn status_of_announced_body(w: &Wxmp, len: usize) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(w.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let head = format!(
         "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n",
         signed_query("/", TOKEN)
     );
-    s.write_all(head.as_bytes()).unwrap();
+    let text = first_of_answer(w, &head, Duration::from_secs(5));
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+/// Writes `raw` to a new connection to `w` and returns what the first read of the answer
+/// brings (up to 256 bytes; empty if nothing comes within `timeout`). The connection stays
+/// open meanwhile: a server waiting for more of the request shows as no answer.
+fn first_of_answer(w: &Wxmp, raw: &str, timeout: Duration) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(w.addr).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
     let mut buf = [0u8; 256];
     let n = s.read(&mut buf).unwrap_or(0);
-    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    text.lines().next().unwrap_or_default().to_string()
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 #[test]
@@ -540,18 +541,12 @@ fn after_512_abandoned_connections_wxmp_exits_to_be_restarted() {
 #[test]
 fn a_post_with_connection_upgrade_and_no_length_is_answered_at_once() {
     // Neither a length nor chunks: the body is empty, whatever else the connection carries.
-    use std::io::{Read, Write};
     let w = Wxmp::start("");
-    let mut s = std::net::TcpStream::connect(w.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let head = format!(
         "POST {} HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
         signed_query("/", TOKEN)
     );
-    s.write_all(head.as_bytes()).unwrap();
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).unwrap_or(0);
-    let first = String::from_utf8_lossy(&buf[..n]);
+    let first = first_of_answer(&w, &head, Duration::from_secs(2));
     assert!(first.starts_with("HTTP/1.1 400"), "{first:?}");
 }
 
